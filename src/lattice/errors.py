@@ -159,9 +159,7 @@ class PluginError(LatticeError):
     status_code = 400
     kind = "plugin"
 
-    def __init__(
-        self, message: str, *, plugin_id: str | None = None, detail: Any = None
-    ) -> None:
+    def __init__(self, message: str, *, plugin_id: str | None = None, detail: Any = None) -> None:
         super().__init__(message, detail=detail)
         self.plugin_id = plugin_id
 
@@ -173,9 +171,7 @@ class ManifestError(PluginError):
 class CapabilityError(PluginError):
     kind = "capability"
 
-    def __init__(
-        self, message: str, *, capability: str, plugin_id: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, capability: str, plugin_id: str | None = None) -> None:
         super().__init__(message, plugin_id=plugin_id, detail={"capability": capability})
         self.capability = capability
 
@@ -226,10 +222,17 @@ class EgressBlocked(LatticeError):
     status_code = 403
     kind = "egress_blocked"
 
-    def __init__(self, reason: str, *, url: str | None = None) -> None:
-        super().__init__(f"egress blocked: {reason}", detail={"reason": reason})
+    def __init__(
+        self, reason: str, *, url: str | None = None, category: str = "unspecified"
+    ) -> None:
+        super().__init__(
+            f"egress blocked: {reason}", detail={"reason": reason, "category": category}
+        )
         self.reason = reason
         self.url = url
+        #: stable machine-readable kind of refusal (``scheme``, ``port``, ``address``,
+        #: ``timeout``, ...); the broker audits it with the deny.
+        self.category = category
 
 
 class WorkerError(LatticeError):

@@ -1,0 +1,81 @@
+"""Authentication and scope dependencies: every API route declares one scope.
+
+``require("kv:read")`` returns a dependency that resolves the caller from a
+``Bearer`` token or the session cookie, checks CSRF for cookie-authenticated
+mutating requests, and checks the scope.  No credential → 401; a credential
+without the scope → 403 naming the missing scope.  ``authenticated()`` is for
+routes any logged-in caller may use.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from lattice.container import Container
+from lattice.core.auth import Principal
+from lattice.errors import AuthError, CsrfError, ScopeDenied
+
+__all__ = [
+    "SESSION_COOKIE",
+    "AnyUser",
+    "RequireScope",
+    "container",
+    "principal_from",
+    "scope",
+]
+
+SESSION_COOKIE = "lattice_session"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def container(request: Request) -> Container:
+    c: Container = request.app.state.container
+    return c
+
+
+def principal_from(request: Request) -> Principal:
+    """Resolve (and cache on the request) who is calling, or raise 401/403."""
+    cached: Principal | None = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    auth = container(request).auth
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise AuthError("Authorization header must be 'Bearer <token>'")
+        principal = auth.from_token(credential.strip())
+    else:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            raise AuthError("authentication required: send a bearer token or log in")
+        principal = auth.from_session(cookie)
+        if request.method not in _SAFE_METHODS and not auth.csrf_ok(
+            principal, request.headers.get("x-csrf-token")
+        ):
+            raise CsrfError("missing or wrong X-CSRF-Token header for a cookie session")
+    request.state.principal = principal
+    return principal
+
+
+class RequireScope:
+    """Dependency object; tests enumerate routes and read ``.scope``."""
+
+    def __init__(self, scope: str | None) -> None:
+        self.scope = scope
+
+    def __call__(self, request: Request) -> Principal:
+        principal = principal_from(request)
+        if self.scope is not None and not principal.has(self.scope):
+            raise ScopeDenied(self.scope)
+        return principal
+
+
+def scope(name: str | None) -> Any:
+    """``Annotated[Principal, scope("kv:read")]`` marks a route's required scope."""
+    return Depends(RequireScope(name))
+
+
+AnyUser = Annotated[Principal, Depends(RequireScope(None))]

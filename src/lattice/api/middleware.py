@@ -1,0 +1,130 @@
+"""Pure ASGI middleware: request ids, access log + metrics, and body caps.
+
+The body cap counts bytes as they arrive, so a chunked upload without a
+``Content-Length`` is cut off as soon as it passes the limit (413), and a
+declared ``Content-Length`` above the limit is refused before reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lattice.core.logging import request_id_var
+from lattice.core.metrics import Metrics
+from lattice.errors import PayloadTooLarge
+
+__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware"]
+
+log = logging.getLogger("lattice.access")
+_RID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        rid = incoming if incoming and _RID.match(incoming) else secrets.token_hex(8)
+        token = request_id_var.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", rid.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            method = scope.get("method", "-")
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(elapsed)
+            log.info("%s %s %s %.1fms", method, template, status, elapsed * 1000)
+            request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope.get("path", ""))
+        declared = _header(scope, b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _reply(send, 400, b'{"error":"invalid Content-Length header","detail":null}')
+                return
+            if int(declared) > limit:
+                await _reply(send, 413, _too_large(limit))
+                return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(
+                        f"request body exceeds the {limit}-byte limit", detail={"limit": limit}
+                    )
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _too_large(limit: int) -> bytes:
+    return (
+        b'{"error":"request body exceeds the '
+        + str(limit).encode()
+        + b'-byte limit","detail":{"limit":'
+        + str(limit).encode()
+        + b"}}"
+    )
+
+
+async def _reply(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    headers: Any = scope.get("headers", [])
+    for key, value in headers:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None

@@ -1,0 +1,225 @@
+"""The ``lattice`` command line.
+
+Every command reads the same ``LATTICE_*`` settings as the server; flags
+override them.  Errors print one actionable line to stderr and exit non-zero,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from lattice import __version__
+from lattice.config import Settings, load_settings
+from lattice.errors import AuditChainBroken, LatticeError
+
+app = typer.Typer(
+    name="lattice",
+    help="Lattice: a self-hosted control plane with a safe plugin platform.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+admin_app = typer.Typer(help="User administration.", no_args_is_help=True)
+token_app = typer.Typer(help="Personal access tokens.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
+
+T = TypeVar("T")
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data directory [env LATTICE_DATA_DIR]")
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL [env LATTICE_DATABASE_URL]"),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except LatticeError as exc:
+        raise fail(exc.message) from None
+
+
+def _settings(**flags: Any) -> Settings:
+    return guarded(lambda: load_settings(**flags))
+
+
+def _container(settings: Settings) -> Any:
+    from lattice.app import build_container
+
+    return guarded(lambda: build_container(settings))
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.command()
+def serve(
+    listen: Annotated[
+        str | None, typer.Option("--listen", help="HOST:PORT [env LATTICE_LISTEN]")
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    plugin_dir: Annotated[
+        Path | None, typer.Option("--plugin-dir", help="Bundles [env LATTICE_PLUGIN_DIR]")
+    ] = None,
+    plugin_trust: Annotated[
+        Path | None, typer.Option("--plugin-trust", help="Trust policy [env LATTICE_PLUGIN_TRUST]")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="debug|info|warning [env LATTICE_LOG_LEVEL]")
+    ] = None,
+) -> None:
+    """Start the server (migrates the database first; Ctrl-C or SIGTERM stops it cleanly)."""
+    import uvicorn
+
+    from lattice.app import create_app
+    from lattice.core.logging import configure_logging
+
+    settings = _settings(
+        listen=listen,
+        data_dir=data_dir,
+        database_url=database_url,
+        plugin_dir=plugin_dir,
+        plugin_trust=plugin_trust,
+        log_level=log_level,
+    )
+    configure_logging(settings.log_level)
+    container = _container(settings)
+    application = create_app(container)
+    typer.echo(f"Lattice {__version__} listening on http://{settings.listen}", err=True)
+    config = uvicorn.Config(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Apply database migrations up to the newest revision."""
+    from lattice.app import prepare_data_dir
+    from lattice.store.db import Database
+    from lattice.store.migrate import current_revision, upgrade
+
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    guarded(lambda: prepare_data_dir(settings))
+    db = Database(settings.effective_database_url)
+    try:
+        upgrade(db)
+        typer.echo(f"database at revision {current_revision(db)}")
+    except Exception as exc:
+        raise fail(f"migration failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        db.dispose()
+
+
+@admin_app.command("set-password")
+def set_password(
+    user: Annotated[str, typer.Argument(help="User name, e.g. admin")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the new password from stdin")
+    ] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Set a user's password (and end their sessions)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    container = _container(_settings(data_dir=data_dir, database_url=database_url))
+    guarded(lambda: container.auth.set_password(user, password))
+    typer.echo(f"password for {user!r} updated")
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option("--user", help="Owner of the token")],
+    scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated scopes, e.g. kv:read")],
+    name: Annotated[str, typer.Option("--name", help="A label for the token")],
+    expires_in_days: Annotated[
+        int | None, typer.Option("--expires-in-days", help="Expiry (default: never)")
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a personal access token; it is printed once."""
+    container = _container(_settings(data_dir=data_dir, database_url=database_url))
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    token, info = guarded(
+        lambda: container.auth.create_token(
+            user, name=name, scopes=wanted, expires_in_days=expires_in_days
+        )
+    )
+    typer.echo(token)
+    typer.echo(f"token id {info.id}, scopes {','.join(info.scopes)} (shown once)", err=True)
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Recompute the audit hash chain; exit 1 at the first broken event."""
+    from lattice.core.audit import AuditLog
+    from lattice.store.db import Database
+
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    db = Database(settings.effective_database_url)
+    log = AuditLog(db)
+    total = guarded(log.count)
+
+    def progress(n: int) -> None:
+        typer.echo(f"  verified {n}/{total} events", err=True)
+
+    try:
+        checked = log.verify(progress=progress if total >= 5000 else None)
+    except AuditChainBroken as exc:
+        typer.echo(f"audit chain BROKEN at seq {exc.seq}: {exc.reason}")
+        raise typer.Exit(1) from None
+    except LatticeError as exc:
+        raise fail(exc.message) from None
+    finally:
+        db.dispose()
+    typer.echo(f"audit chain OK: {checked} events verified")
+
+
+def _mount_optional() -> None:
+    try:
+        from lattice.cli.plugin import plugin_app
+    except ImportError:  # pragma: no cover - during bootstrap only
+        return
+    app.add_typer(plugin_app, name="plugin", help="Plugin bundles: keys, signing, verification.")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,103 @@
+"""Settings from ``LATTICE_*`` environment variables (and matching CLI flags).
+
+Every field here is documented in the README's configuration table; the CLI
+passes flags through :func:`load_settings` as overrides, so a flag always wins
+over the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lattice.errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LATTICE_", extra="forbid", frozen=True)
+
+    listen: str = "127.0.0.1:8088"
+    data_dir: Path = Path("./lattice-data")
+    database_url: str | None = None
+    admin_password: SecretStr | None = None
+    secret_key_file: Path | None = None
+    log_level: str = "info"
+
+    max_body_bytes: int = Field(default=1 * MiB, ge=1024)
+    kv_max_value_bytes: int = Field(default=1 * MiB, ge=1)
+    static_max_bytes: int = Field(default=8 * MiB, ge=1)
+    session_ttl_hours: int = Field(default=12, ge=1, le=24 * 30)
+    login_max_attempts: int = Field(default=5, ge=1)
+    login_window_seconds: int = Field(default=300, ge=1)
+
+    plugin_dir: Path | None = None
+    plugin_trust: Path | None = None
+    plugin_watch: bool = False
+    plugin_max_manifest_bytes: int = Field(default=64 * 1024, ge=1024)
+    plugin_max_artifact_bytes: int = Field(default=64 * MiB, ge=1)
+
+    egress_allow_cidrs: str = ""
+    egress_allow_ports: str = "80,443"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8088")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite:// and postgresql+psycopg:// URLs are supported")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'lattice.db').resolve()}"
+
+    @property
+    def effective_secret_key_file(self) -> Path:
+        return self.secret_key_file or self.data_dir / "secret.key"
+
+    @property
+    def effective_plugin_dir(self) -> Path:
+        return self.plugin_dir or self.data_dir / "plugins"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment plus explicit overrides (CLI flags).
+
+    Overrides that are ``None`` are ignored so an unset flag never masks the
+    environment.  Invalid values raise :class:`ConfigError` naming the variable.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "LATTICE_" + "_".join(str(p) for p in err["loc"]).upper()
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from exc

@@ -1,0 +1,302 @@
+"""The append-only, hash-chained audit log.
+
+Each event is ``{seq, ts, actor, action, target, decision, reason,
+correlation_id, detail}``; its hash is
+``sha256(bytes.fromhex(prev_hash) || canonical_json(event))`` with the genesis
+``prev_hash`` of 64 zeros.  ``canonical_json`` is UTF-8 JSON with sorted keys
+and no insignificant whitespace.  ``detail`` is stored exactly as hashed.
+
+Evolution rule: the event shape is versioned by its field set.  A new field
+may only be added with a default that is left out of the canonical form when
+it holds that default, so every old row still hashes the same.
+
+Concurrency: appends in one process are serialized by a lock and use a cached
+chain head; ``seq`` is the primary key, so an append racing another *process*
+on the same database fails its insert, reloads the head and retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, func, select
+
+from lattice.core.auditsink import Decision
+from lattice.errors import AuditChainBroken, Conflict, StoreError, ValidationFailed
+from lattice.store.clock import now_iso
+from lattice.store.db import Database
+from lattice.store.tables import audit_events
+
+__all__ = ["GENESIS", "AuditEvent", "AuditLog", "AuditQuery", "canonical_json", "chain_hash"]
+
+GENESIS = "0" * 64
+MAX_PAGE = 500
+_FIELDS = ("seq", "ts", "actor", "action", "target", "decision", "reason", "correlation_id")
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def chain_hash(prev_hash: str, event: dict[str, Any]) -> str:
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical_json(event)).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    seq: int
+    ts: str
+    actor: str
+    action: str
+    target: str
+    decision: str
+    reason: str
+    correlation_id: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def hashed_form(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "decision": self.decision,
+            "reason": self.reason,
+            "correlation_id": self.correlation_id,
+            "detail": self.detail,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.hashed_form(), "prev_hash": self.prev_hash, "hash": self.hash}
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    action_prefix: str | None = None
+    actor: str | None = None
+    decision: str | None = None
+    target: str | None = None
+    since: str | None = None
+    until: str | None = None
+    cursor: int | None = None
+    limit: int = 100
+    descending: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_PAGE:
+            raise ValidationFailed(f"limit must be between 1 and {MAX_PAGE}")
+        if self.decision not in (None, "allow", "deny"):
+            raise ValidationFailed("decision must be 'allow' or 'deny'")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class AuditLog:
+    """Concrete :class:`~lattice.core.auditsink.AuditSink` over the store."""
+
+    def __init__(
+        self, db: Database, *, on_append: Callable[[str, str], None] | None = None
+    ) -> None:
+        self._db = db
+        self._lock = threading.Lock()
+        self._head: tuple[int, str] | None = None
+        self._on_append = on_append
+
+    def _load_head(self) -> tuple[int, str]:
+        with self._db.read() as conn:
+            row = conn.execute(
+                select(audit_events.c.seq, audit_events.c.hash)
+                .order_by(audit_events.c.seq.desc())
+                .limit(1)
+            ).first()
+        return (int(row.seq), str(row.hash)) if row else (0, GENESIS)
+
+    def append(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target: str = "",
+        decision: Decision = "allow",
+        reason: str = "",
+        correlation_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.append_event(
+            actor=actor,
+            action=action,
+            target=target,
+            decision=decision,
+            reason=reason,
+            correlation_id=correlation_id,
+            detail=detail,
+        )
+
+    def append_event(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target: str = "",
+        decision: Decision = "allow",
+        reason: str = "",
+        correlation_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        if decision not in ("allow", "deny"):
+            raise ValueError(f"decision must be allow or deny, not {decision!r}")
+        # Round-trip the detail through canonical JSON so what we hash is what
+        # we store and what a verifier will read back.
+        detail_text = canonical_json(detail or {}).decode("utf-8")
+        base = {
+            "actor": _clip(actor, 128),
+            "action": _clip(action, 128),
+            "target": _clip(target, 512),
+            "decision": decision,
+            "reason": _clip(reason, 2000),
+            "correlation_id": correlation_id[:64] if correlation_id else None,
+            "detail": json.loads(detail_text),
+        }
+        with self._lock:
+            for _attempt in range(20):
+                seq, prev = self._head or self._load_head()
+                event = {"seq": seq + 1, "ts": now_iso(), **base}
+                digest = chain_hash(prev, event)
+                row = {**event, "detail": detail_text, "prev_hash": prev, "hash": digest}
+                try:
+                    with self._db.write() as conn:
+                        conn.execute(audit_events.insert().values(**row))
+                except Conflict:
+                    self._head = None  # another process appended; reload and retry
+                    continue
+                except StoreError:
+                    self._head = None
+                    raise
+                self._head = (seq + 1, digest)
+                break
+            else:  # pragma: no cover - needs 20 consecutive lost races
+                raise StoreError("could not append to the audit log under contention")
+        if self._on_append is not None:
+            self._on_append(action, decision)
+        return AuditEvent(**{**event, "prev_hash": prev, "hash": digest})
+
+    # -- reading ---------------------------------------------------------
+
+    def query(self, q: AuditQuery) -> tuple[list[AuditEvent], int | None]:
+        """One page of events plus the cursor for the next page (or None)."""
+        stmt: Select[Any] = select(audit_events)
+        c = audit_events.c
+        if q.action_prefix:
+            stmt = stmt.where(c.action.startswith(q.action_prefix, autoescape=True))
+        if q.actor:
+            stmt = stmt.where(c.actor == q.actor)
+        if q.decision:
+            stmt = stmt.where(c.decision == q.decision)
+        if q.target:
+            stmt = stmt.where(c.target == q.target)
+        if q.since:
+            stmt = stmt.where(c.ts >= q.since)
+        if q.until:
+            stmt = stmt.where(c.ts < q.until)
+        if q.cursor is not None:
+            stmt = stmt.where(c.seq < q.cursor if q.descending else c.seq > q.cursor)
+        stmt = stmt.order_by(c.seq.desc() if q.descending else c.seq.asc()).limit(q.limit + 1)
+        with self._db.read() as conn:
+            rows = conn.execute(stmt).all()
+        events = [_row_to_event(r) for r in rows[: q.limit]]
+        next_cursor = events[-1].seq if len(rows) > q.limit else None
+        return events, next_cursor
+
+    def count(self) -> int:
+        with self._db.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(audit_events)).scalar_one())
+
+    def iter_all(self, batch: int = 1000) -> Iterator[AuditEvent]:
+        last = 0
+        while True:
+            with self._db.read() as conn:
+                rows = conn.execute(
+                    select(audit_events)
+                    .where(audit_events.c.seq > last)
+                    .order_by(audit_events.c.seq)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            for r in rows:
+                yield _row_to_event(r)
+            last = int(rows[-1].seq)
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> int:
+        """Recompute the whole chain; return the number of events checked.
+
+        Raises :class:`AuditChainBroken` with the first ``seq`` that does not
+        verify: a row whose content was edited (hash mismatch), a deleted row
+        (a gap in ``seq`` or a ``prev_hash`` that is not the previous hash),
+        or rows that were reordered.
+        """
+        expected_seq, prev = 1, GENESIS
+        checked = 0
+        for ev in self._iter_raw():
+            seq, stored_prev, stored_hash, hashed = ev
+            if seq != expected_seq:
+                raise AuditChainBroken(expected_seq, f"event {expected_seq} is missing")
+            if stored_prev != prev:
+                raise AuditChainBroken(seq, "prev_hash does not match the previous event")
+            if chain_hash(prev, hashed) != stored_hash:
+                raise AuditChainBroken(seq, "event content does not match its hash")
+            prev, expected_seq = stored_hash, seq + 1
+            checked += 1
+            if progress is not None and checked % 1000 == 0:
+                progress(checked)
+        return checked
+
+    def _iter_raw(self) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+        last = 0
+        while True:
+            with self._db.read() as conn:
+                rows = conn.execute(
+                    select(audit_events)
+                    .where(audit_events.c.seq > last)
+                    .order_by(audit_events.c.seq)
+                    .limit(1000)
+                ).all()
+            if not rows:
+                return
+            for r in rows:
+                try:
+                    detail = json.loads(r.detail)
+                except ValueError:
+                    raise AuditChainBroken(int(r.seq), "detail is not valid JSON") from None
+                hashed = {f: getattr(r, f) for f in _FIELDS} | {"detail": detail}
+                hashed["seq"] = int(r.seq)
+                yield int(r.seq), str(r.prev_hash), str(r.hash), hashed
+            last = int(rows[-1].seq)
+
+
+def _row_to_event(r: Any) -> AuditEvent:
+    return AuditEvent(
+        seq=int(r.seq),
+        ts=r.ts,
+        actor=r.actor,
+        action=r.action,
+        target=r.target,
+        decision=r.decision,
+        reason=r.reason,
+        correlation_id=r.correlation_id,
+        detail=json.loads(r.detail),
+        prev_hash=r.prev_hash,
+        hash=r.hash,
+    )

@@ -1,0 +1,111 @@
+"""Engine setup and transaction helpers for SQLite and PostgreSQL.
+
+``Database.read()`` yields a connection for queries; ``Database.write()``
+yields one inside a transaction that commits on success and rolls back on any
+error.  On SQLite writes start with ``BEGIN IMMEDIATE`` so two writers queue on
+the database lock (``busy_timeout``) instead of failing mid-transaction.
+Driver errors are translated here, at the edge: an integrity violation becomes
+:class:`~lattice.errors.Conflict`, anything else :class:`~lattice.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from lattice.errors import Conflict, StoreError
+
+__all__ = ["Database"]
+
+_WRITE = "lattice_write"
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 30}
+            )
+            _install_sqlite_hooks(self.engine)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise _translate(exc) from exc
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    yield conn
+        except SQLAlchemyError as exc:
+            raise _translate(exc) from exc
+
+    def ping(self) -> None:
+        with self.read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _translate(exc: SQLAlchemyError) -> Exception:
+    if isinstance(exc, IntegrityError):
+        return Conflict("the change conflicts with existing data")
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return StoreError("database connection lost")
+    return StoreError(
+        f"database error: {type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__}"
+    )
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below own transaction boundaries.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def secure_sqlite_file(url: str) -> None:
+    """Keep the SQLite file (and WAL side files) private to the server user."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return
+    for suffix in ("", "-wal", "-shm"):
+        path = parsed.database + suffix
+        if os.path.exists(path):
+            os.chmod(path, 0o600)

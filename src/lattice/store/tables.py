@@ -1,0 +1,114 @@
+"""SQLAlchemy table definitions: the one description of the schema.
+
+Timestamps are stored as fixed-width ISO-8601 UTC strings
+(``2026-01-02T03:04:05.123456Z``) so that they compare correctly as text on
+every backend and hash identically in the audit chain.  Alembic migrations in
+``migrations/versions`` create exactly these tables; ``tests/store`` checks
+that the migrated schema matches this metadata.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = [
+    "api_tokens",
+    "audit_events",
+    "kv_entries",
+    "metadata",
+    "sessions",
+    "static_objects",
+    "users",
+]
+
+metadata = MetaData()
+
+TS = String(32)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("scopes", Text, nullable=False),  # JSON list
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 hex of the cookie value
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf_hash", String(64), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("expires_at", TS, nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("scopes", Text, nullable=False),  # JSON list
+    Column("created_at", TS, nullable=False),
+    Column("expires_at", TS, nullable=True),
+    Column("revoked_at", TS, nullable=True),
+    Column("last_used_at", TS, nullable=True),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts", TS, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(128), nullable=False),
+    Column("target", String(512), nullable=False),
+    Column("decision", String(8), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("correlation_id", String(64), nullable=True),
+    Column("detail", Text, nullable=False),  # canonical JSON, hashed as stored
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_action", audit_events.c.action)
+Index("ix_audit_actor", audit_events.c.actor)
+Index("ix_audit_ts", audit_events.c.ts)
+
+kv_entries = Table(
+    "kv_entries",
+    metadata,
+    Column("bucket", String(128), primary_key=True),
+    Column("key", String(512), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+
+static_objects = Table(
+    "static_objects",
+    metadata,
+    Column("bucket", String(128), primary_key=True),
+    Column("path", String(1024), primary_key=True),
+    Column("content_type", String(255), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
