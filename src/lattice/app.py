@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from lattice import __version__
 from lattice.api import audit as audit_api
@@ -34,11 +34,20 @@ from lattice.services.static import SqlStatic
 from lattice.store.db import Database, secure_sqlite_file
 from lattice.store.migrate import upgrade
 
-__all__ = ["build_container", "create_app"]
+__all__ = ["ROUTERS", "build_container", "create_app"]
 
 log = logging.getLogger("lattice")
 
 VERIFY_BODY_LIMIT = 4 * 1024 * 1024
+
+#: every router the app mounts; tests walk these to check each route's scope
+ROUTERS: tuple[APIRouter, ...] = (
+    health_api.router,
+    auth_api.router,
+    audit_api.router,
+    kv_api.router,
+    static_api.router,
+)
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -111,8 +120,8 @@ def create_app(container: Container) -> FastAPI:
     )
     app.state.container = container
     install_error_handlers(app)
-    for module in (health_api, auth_api, audit_api, kv_api, static_api):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(container.settings))
     app.add_middleware(RequestContextMiddleware, metrics=container.metrics)
     return app

@@ -1,0 +1,141 @@
+"""The audit hash chain: appends, queries, and verification catching tampering."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import threading
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from lattice.core.audit import GENESIS, AuditLog, AuditQuery, canonical_json, chain_hash
+from lattice.errors import AuditChainBroken, ValidationFailed
+from lattice.store.db import Database
+from lattice.store.migrate import upgrade
+from lattice.store.tables import audit_events
+
+
+@pytest.fixture
+def db(db_url: str):  # type: ignore[no-untyped-def]
+    database = Database(db_url)
+    upgrade(database)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def log(db: Database) -> AuditLog:
+    audit = AuditLog(db)
+    for i in range(5):
+        audit.append(actor="user:a", action=f"test.e{i}", target=f"t{i}", detail={"i": i})
+    return audit
+
+
+def test_hash_is_sha256_of_prev_and_canonical_event(log: AuditLog) -> None:
+    first = next(iter(log.iter_all()))
+    expected = hashlib.sha256(bytes.fromhex(GENESIS) + canonical_json(first.hashed_form()))
+    assert first.hash == expected.hexdigest()
+    assert first.prev_hash == GENESIS
+    assert canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'.encode()
+
+
+def test_chain_links_and_verifies(log: AuditLog) -> None:
+    events = list(log.iter_all())
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    for prev, cur in itertools.pairwise(events):
+        assert cur.prev_hash == prev.hash
+        assert cur.hash == chain_hash(prev.hash, cur.hashed_form())
+    assert log.verify() == 5
+
+
+def test_verify_catches_an_edited_row(log: AuditLog, db: Database) -> None:
+    with db.write() as conn:
+        conn.execute(update(audit_events).where(audit_events.c.seq == 3).values(actor="user:b"))
+    with pytest.raises(AuditChainBroken, match="seq 3") as info:
+        log.verify()
+    assert info.value.seq == 3
+
+
+def test_verify_catches_an_edited_detail(log: AuditLog, db: Database) -> None:
+    with db.write() as conn:
+        conn.execute(update(audit_events).where(audit_events.c.seq == 2).values(detail='{"i":99}'))
+    with pytest.raises(AuditChainBroken, match="seq 2"):
+        log.verify()
+
+
+def test_verify_catches_a_deleted_row(log: AuditLog, db: Database) -> None:
+    with db.write() as conn:
+        conn.execute(delete(audit_events).where(audit_events.c.seq == 2))
+    with pytest.raises(AuditChainBroken, match="seq 2") as info:
+        log.verify()
+    assert "missing" in info.value.reason
+
+
+def test_verify_catches_a_deleted_and_renumbered_row(log: AuditLog, db: Database) -> None:
+    with db.write() as conn:
+        conn.execute(delete(audit_events).where(audit_events.c.seq == 2))
+        for seq in (3, 4, 5):
+            conn.execute(update(audit_events).where(audit_events.c.seq == seq).values(seq=seq - 1))
+    with pytest.raises(AuditChainBroken, match="seq 2"):
+        log.verify()
+
+
+def test_verify_catches_reordered_rows(log: AuditLog, db: Database) -> None:
+    with db.write() as conn:
+        conn.execute(update(audit_events).where(audit_events.c.seq == 4).values(seq=-4))
+        conn.execute(update(audit_events).where(audit_events.c.seq == 3).values(seq=4))
+        conn.execute(update(audit_events).where(audit_events.c.seq == -4).values(seq=3))
+    with pytest.raises(AuditChainBroken, match="seq 3"):
+        log.verify()
+
+
+def test_a_new_log_object_continues_the_chain(log: AuditLog, db: Database) -> None:
+    again = AuditLog(db)
+    event = again.append_event(actor="x", action="test.more")
+    assert event.seq == 6
+    assert again.verify() == 6
+
+
+def test_two_writers_on_one_database_keep_one_chain(db: Database) -> None:
+    writers = [AuditLog(db), AuditLog(db)]  # like two server processes
+
+    def work(audit: AuditLog, n: int) -> None:
+        for i in range(n):
+            audit.append(actor="w", action="test.race", detail={"i": i})
+
+    threads = [threading.Thread(target=work, args=(w, 25)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert writers[0].verify() == 50
+
+
+def test_query_filters_and_cursor(log: AuditLog) -> None:
+    log.append(actor="user:b", action="other.thing", decision="deny", reason="no")
+    page, cursor = log.query(AuditQuery(limit=2))
+    assert [e.seq for e in page] == [6, 5] and cursor == 5
+    page2, _ = log.query(AuditQuery(limit=2, cursor=cursor))
+    assert [e.seq for e in page2] == [4, 3]
+    asc, _ = log.query(AuditQuery(limit=10, descending=False, action_prefix="test."))
+    assert [e.seq for e in asc] == [1, 2, 3, 4, 5]
+    denied, _ = log.query(AuditQuery(decision="deny"))
+    assert [e.actor for e in denied] == ["user:b"]
+    assert log.query(AuditQuery(actor="user:b", action_prefix="test."))[0] == []
+    pct, _ = log.query(AuditQuery(action_prefix="test%"))
+    assert pct == []  # LIKE wildcards are escaped
+
+
+def test_query_rejects_bad_limits() -> None:
+    with pytest.raises(ValidationFailed, match="limit"):
+        AuditQuery(limit=0)
+    with pytest.raises(ValidationFailed, match="decision"):
+        AuditQuery(decision="maybe")
+
+
+def test_stored_detail_is_canonical(log: AuditLog, db: Database) -> None:
+    with db.read() as conn:
+        raw = conn.execute(select(audit_events.c.detail).where(audit_events.c.seq == 1)).scalar()
+    assert raw == canonical_json(json.loads(raw)).decode()
