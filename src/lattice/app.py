@@ -8,28 +8,45 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from fastapi import APIRouter, FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from lattice import __version__
 from lattice.api import audit as audit_api
 from lattice.api import auth as auth_api
 from lattice.api import health as health_api
 from lattice.api import kv as kv_api
+from lattice.api import plugins as plugins_api
 from lattice.api import static as static_api
 from lattice.api.errors import install_error_handlers
 from lattice.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from lattice.config import Settings
 from lattice.container import Container
 from lattice.core.audit import AuditLog
+from lattice.core.auditbuffer import BufferedAudit
 from lattice.core.auth import AuthService
 from lattice.core.metrics import Metrics
 from lattice.core.secrets import SecretBox, load_or_create_key
 from lattice.errors import ConfigError
+from lattice.plugins.broker import Broker
+from lattice.plugins.host import HostServices
+from lattice.plugins.lifecycle import LifecycleRegistry
+from lattice.plugins.loader import PluginLoader
+from lattice.plugins.platform import PluginPlatform
+from lattice.plugins.ratelimits import HostRateLimits, parse_limits
+from lattice.plugins.runners.noop import NoopRunner
+from lattice.plugins.runtime import RuntimeManager
+from lattice.plugins.trust import TrustPolicy, Verifier
+from lattice.services.egress import EgressGuard
+from lattice.services.egress_policy import EgressPolicy
 from lattice.services.kv import SqlKV
+from lattice.services.logs import SqlPluginLogs
+from lattice.services.plugin_policy import SqlPluginPolicies
 from lattice.services.static import SqlStatic
 from lattice.store.db import Database, secure_sqlite_file
 from lattice.store.migrate import upgrade
@@ -47,6 +64,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     audit_api.router,
     kv_api.router,
     static_api.router,
+    plugins_api.router,
 )
 
 
@@ -81,15 +99,58 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
             f"{generated}\n(shown once; change it with `lattice admin set-password admin`)"
         )
     box = SecretBox(load_or_create_key(settings.effective_secret_key_file))
+    kv = SqlKV(db, max_value_bytes=settings.kv_max_value_bytes)
+    static = SqlStatic(db, max_bytes=settings.static_max_bytes)
+    logs = SqlPluginLogs(db)
+    policies = SqlPluginPolicies(db)
+    egress = EgressGuard(
+        EgressPolicy.from_settings(
+            allow_cidrs=settings.egress_allow_cidrs, allow_ports=settings.egress_allow_ports
+        )
+    )
+    host_audit = BufferedAudit(audit)
+    host = HostServices(
+        kv=kv, logs=logs, static=static, egress=egress, audit_reader=audit, policy=policies
+    )
+    limits = HostRateLimits(parse_limits(settings.plugin_rate_limits))
+    policy = (
+        TrustPolicy.from_file(settings.plugin_trust)
+        if settings.plugin_trust
+        else TrustPolicy.default()
+    )
+    loader = PluginLoader(
+        plugin_dir=settings.effective_plugin_dir,
+        verifier=Verifier(policy),
+        audit=audit,
+        max_manifest_bytes=settings.plugin_max_manifest_bytes,
+        max_artifact_bytes=settings.plugin_max_artifact_bytes,
+    )
+    runtime = RuntimeManager(
+        audit=audit,
+        broker_factory=lambda plugin: Broker(plugin, host, audit=host_audit, limits=limits),
+        runners={"noop": NoopRunner()},
+    )
+    platform = PluginPlatform(
+        policy=policy,
+        loader=loader,
+        registry=LifecycleRegistry(db, audit),
+        runtime=runtime,
+        audit=audit,
+    )
     return Container(
         settings=settings,
         db=db,
         metrics=metrics,
         audit=audit,
+        host_audit=host_audit,
         auth=auth,
         secrets=box,
-        kv=SqlKV(db, max_value_bytes=settings.kv_max_value_bytes),
-        static=SqlStatic(db, max_bytes=settings.static_max_bytes),
+        kv=kv,
+        static=static,
+        logs=logs,
+        policies=policies,
+        egress=egress,
+        plugins=platform,
     )
 
 
@@ -109,8 +170,21 @@ def _body_limits(settings: Settings) -> Callable[[str], int]:
 def create_app(container: Container) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        container.db.dispose()
+        await run_in_threadpool(container.plugins.start)
+        stop_watch = threading.Event()
+        watcher = None
+        if container.settings.plugin_watch:
+            watcher = threading.Thread(
+                target=container.plugins.watch, args=(stop_watch,), daemon=True
+            )
+            watcher.start()
+        try:
+            yield
+        finally:
+            stop_watch.set()
+            if watcher is not None:
+                watcher.join(timeout=5)
+            await run_in_threadpool(container.close)
 
     app = FastAPI(
         title="Lattice",

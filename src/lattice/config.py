@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     plugin_max_manifest_bytes: int = Field(default=64 * 1024, ge=1024)
     plugin_max_artifact_bytes: int = Field(default=64 * MiB, ge=1)
 
+    plugin_rate_limits: str = ""
+
     egress_allow_cidrs: str = ""
     egress_allow_ports: str = "80,443"
 

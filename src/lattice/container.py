@@ -10,10 +10,15 @@ from typing import Any
 
 from lattice.config import Settings
 from lattice.core.audit import AuditLog
+from lattice.core.auditbuffer import BufferedAudit
 from lattice.core.auth import AuthService
 from lattice.core.metrics import Metrics
 from lattice.core.secrets import SecretBox
+from lattice.plugins.platform import PluginPlatform
+from lattice.services.egress import EgressGuard
 from lattice.services.kv import SqlKV
+from lattice.services.logs import SqlPluginLogs
+from lattice.services.plugin_policy import SqlPluginPolicies
 from lattice.services.static import SqlStatic
 from lattice.store.db import Database
 
@@ -26,8 +31,20 @@ class Container:
     db: Database
     metrics: Metrics
     audit: AuditLog
+    host_audit: BufferedAudit
     auth: AuthService
     secrets: SecretBox
     kv: SqlKV
     static: SqlStatic
+    logs: SqlPluginLogs
+    policies: SqlPluginPolicies
+    egress: EgressGuard
+    plugins: PluginPlatform
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Stop plugins, flush buffered audit events, release connections."""
+        self.plugins.shutdown()
+        self.host_audit.close()
+        self.egress.close()
+        self.db.dispose()

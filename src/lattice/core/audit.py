@@ -32,7 +32,15 @@ from lattice.store.clock import now_iso
 from lattice.store.db import Database
 from lattice.store.tables import audit_events
 
-__all__ = ["GENESIS", "AuditEvent", "AuditLog", "AuditQuery", "canonical_json", "chain_hash"]
+__all__ = [
+    "GENESIS",
+    "AuditEvent",
+    "AuditLog",
+    "AuditQuery",
+    "PendingEvent",
+    "canonical_json",
+    "chain_hash",
+]
 
 GENESIS = "0" * 64
 MAX_PAGE = 500
@@ -103,6 +111,36 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@dataclass(frozen=True)
+class PendingEvent:
+    """An event not yet in the chain (no seq, ts or hash)."""
+
+    actor: str
+    action: str
+    target: str = ""
+    decision: str = "allow"
+    reason: str = ""
+    correlation_id: str | None = None
+    detail: dict[str, Any] | None = None
+
+    def normalized(self) -> tuple[dict[str, Any], str]:
+        if self.decision not in ("allow", "deny"):
+            raise ValueError(f"decision must be allow or deny, not {self.decision!r}")
+        # Round-trip the detail through canonical JSON so what we hash is what
+        # we store and what a verifier will read back.
+        detail_text = canonical_json(self.detail or {}).decode("utf-8")
+        base = {
+            "actor": _clip(self.actor, 128),
+            "action": _clip(self.action, 128),
+            "target": _clip(self.target, 512),
+            "decision": self.decision,
+            "reason": _clip(self.reason, 2000),
+            "correlation_id": self.correlation_id[:64] if self.correlation_id else None,
+            "detail": json.loads(detail_text),
+        }
+        return base, detail_text
+
+
 class AuditLog:
     """Concrete :class:`~lattice.core.auditsink.AuditSink` over the store."""
 
@@ -155,42 +193,48 @@ class AuditLog:
         correlation_id: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> AuditEvent:
-        if decision not in ("allow", "deny"):
-            raise ValueError(f"decision must be allow or deny, not {decision!r}")
-        # Round-trip the detail through canonical JSON so what we hash is what
-        # we store and what a verifier will read back.
-        detail_text = canonical_json(detail or {}).decode("utf-8")
-        base = {
-            "actor": _clip(actor, 128),
-            "action": _clip(action, 128),
-            "target": _clip(target, 512),
-            "decision": decision,
-            "reason": _clip(reason, 2000),
-            "correlation_id": correlation_id[:64] if correlation_id else None,
-            "detail": json.loads(detail_text),
-        }
+        pending = PendingEvent(
+            actor=actor,
+            action=action,
+            target=target,
+            decision=decision,
+            reason=reason,
+            correlation_id=correlation_id,
+            detail=detail,
+        )
+        return self.append_many([pending])[0]
+
+    def append_many(self, pending: list[PendingEvent]) -> list[AuditEvent]:
+        """Append events in order, in one transaction (all or none)."""
+        bases = [p.normalized() for p in pending]
         with self._lock:
             for _attempt in range(20):
                 seq, prev = self._head or self._load_head()
-                event = {"seq": seq + 1, "ts": now_iso(), **base}
-                digest = chain_hash(prev, event)
-                row = {**event, "detail": detail_text, "prev_hash": prev, "hash": digest}
+                rows, events = [], []
+                for base, detail_text in bases:
+                    seq += 1
+                    event = {"seq": seq, "ts": now_iso(), **base}
+                    digest = chain_hash(prev, event)
+                    rows.append({**event, "detail": detail_text, "prev_hash": prev, "hash": digest})
+                    events.append(AuditEvent(**{**event, "prev_hash": prev, "hash": digest}))
+                    prev = digest
                 try:
                     with self._db.write() as conn:
-                        conn.execute(audit_events.insert().values(**row))
+                        conn.execute(audit_events.insert(), rows)
                 except Conflict:
                     self._head = None  # another process appended; reload and retry
                     continue
                 except StoreError:
                     self._head = None
                     raise
-                self._head = (seq + 1, digest)
+                self._head = (seq, prev)
                 break
             else:  # pragma: no cover - needs 20 consecutive lost races
                 raise StoreError("could not append to the audit log under contention")
         if self._on_append is not None:
-            self._on_append(action, decision)
-        return AuditEvent(**{**event, "prev_hash": prev, "hash": digest})
+            for ev in events:
+                self._on_append(ev.action, ev.decision)
+        return events
 
     # -- reading ---------------------------------------------------------
 

@@ -95,9 +95,15 @@ class RuntimeManager:
         self._timeout = timeout
         self._states: dict[str, RuntimeState] = {}
         self._brokers: dict[str, Broker] = {}
+        self._started_by: dict[str, Runner] = {}  # the runner to stop each plugin with
         self._generation: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="runner")
+
+    def register(self, plugin_type: str, runner: Runner) -> None:
+        """Use ``runner`` for plugins of ``plugin_type`` from the next arm on."""
+        with self._lock:
+            self._runners[plugin_type] = runner
 
     def runner_for(self, plugin_type: str) -> Runner:
         return self._runners.get(plugin_type) or self._runners["noop"]
@@ -171,6 +177,7 @@ class RuntimeManager:
         with self._lock:
             old = self._brokers.pop(plugin_id, None)
             self._brokers[plugin_id] = broker
+            self._started_by[plugin_id] = runner
         if old is not None:
             old.detach()
         try:
@@ -225,8 +232,8 @@ class RuntimeManager:
         gen = self._next_generation(plugin_id)
         if broker is not None:
             broker.detach()
-        runner_name = current.runner if current else ""
-        runner = self._runners.get(runner_name) or self.runner_for(plugin_type or "")
+        with self._lock:
+            runner = self._started_by.get(plugin_id) or self.runner_for(plugin_type or "")
         ctx = RunContext(deadline=time.monotonic() + self._timeout)
         try:
             self._run(lambda: runner.stop(ctx, plugin_id, reason), f"runner {runner.name} stop")

@@ -1,6 +1,7 @@
 """Engine setup and transaction helpers for SQLite and PostgreSQL.
 
-``Database.read()`` yields a connection for queries; ``Database.write()``
+``Database.read()`` yields a connection for queries (on SQLite each statement
+is its own snapshot); ``Database.write()``
 yields one inside a transaction that commits on success and rolls back on any
 error.  On SQLite writes start with ``BEGIN IMMEDIATE`` so two writers queue on
 the database lock (``busy_timeout``) instead of failing mid-transaction.
@@ -96,8 +97,10 @@ def _install_sqlite_hooks(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get(_WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Writers take the database lock up front; readers run each statement
+        # in SQLite's own implicit transaction (no BEGIN round trip).
+        if conn.get_execution_options().get(_WRITE, False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def secure_sqlite_file(url: str) -> None:

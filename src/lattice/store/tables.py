@@ -28,6 +28,9 @@ __all__ = [
     "audit_events",
     "kv_entries",
     "metadata",
+    "plugin_logs",
+    "plugin_policies",
+    "plugins",
     "sessions",
     "static_objects",
     "users",
@@ -110,5 +113,50 @@ static_objects = Table(
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("data", LargeBinary, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+
+plugins = Table(
+    "plugins",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("name", String(80), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("publisher", String(128), nullable=False),
+    Column("capabilities", Text, nullable=False),  # JSON list, as last verified
+    Column("digest_sha256", String(64), nullable=False),  # as last verified
+    Column("approved_digest", String(64), nullable=True),  # what the operator consented to
+    Column("approved_capabilities", Text, nullable=True),  # JSON list
+    Column("status", String(16), nullable=False),
+    Column("review_required", Boolean, nullable=False, default=False),
+    Column("bundle", String(255), nullable=False),  # server-private bundle directory name
+    Column("created_at", TS, nullable=False),
+    Column("verified_at", TS, nullable=True),
+    Column("installed_at", TS, nullable=True),
+    Column("activated_at", TS, nullable=True),
+    Column("disabled_at", TS, nullable=True),
+    Column("updated_at", TS, nullable=False),
+)
+
+plugin_logs = Table(
+    "plugin_logs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("plugin_id", String(128), nullable=False),
+    Column("ts", TS, nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("fields", Text, nullable=False),  # JSON object
+    Column("correlation_id", String(64), nullable=True),
+)
+Index("ix_plugin_logs_plugin", plugin_logs.c.plugin_id, plugin_logs.c.id)
+
+plugin_policies = Table(
+    "plugin_policies",
+    metadata,
+    Column("plugin_id", String(128), primary_key=True),
+    Column("allow_hosts", Text, nullable=True),  # JSON list; NULL = any public host
+    Column("static_buckets", Text, nullable=True),  # JSON list; NULL = plugin:<id> only
     Column("updated_at", TS, nullable=False),
 )
