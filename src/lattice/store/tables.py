@@ -28,12 +28,16 @@ __all__ = [
     "audit_events",
     "kv_entries",
     "metadata",
+    "notify_channels",
+    "notify_deliveries",
+    "notify_messages",
     "plugin_logs",
     "plugin_policies",
     "plugins",
     "sessions",
     "static_objects",
     "users",
+    "workers",
 ]
 
 metadata = MetaData()
@@ -158,5 +162,73 @@ plugin_policies = Table(
     Column("plugin_id", String(128), primary_key=True),
     Column("allow_hosts", Text, nullable=True),  # JSON list; NULL = any public host
     Column("static_buckets", Text, nullable=True),  # JSON list; NULL = plugin:<id> only
+    Column("updated_at", TS, nullable=False),
+)
+
+notify_channels = Table(
+    "notify_channels",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("url_encrypted", LargeBinary, nullable=False),  # AES-GCM, context "notify-channel"
+    Column("url_masked", String(512), nullable=False),  # Apprise privacy rendering
+    Column("service", String(32), nullable=False),
+    Column("tags", Text, nullable=False),  # JSON list
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("rate_per_minute", Integer, nullable=False, default=30),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+
+notify_messages = Table(  # the outbox: written before any delivery is tried
+    "notify_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("title", String(256), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("tags", Text, nullable=False),  # JSON list
+    Column("source", String(160), nullable=False),
+    Column("created_at", TS, nullable=False),
+)
+
+notify_deliveries = Table(
+    "notify_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "message_id",
+        Integer,
+        ForeignKey("notify_messages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "channel_id",
+        Integer,
+        ForeignKey("notify_channels.id", ondelete="SET NULL"),
+        nullable=True,
+    ),
+    Column("channel_name", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", TS, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("delivered_at", TS, nullable=True),
+)
+Index("ix_notify_deliveries_due", notify_deliveries.c.status, notify_deliveries.c.next_attempt_at)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # template | js
+    Column("source", Text, nullable=False),
+    Column("capabilities", Text, nullable=False),  # JSON list
+    Column("bindings", Text, nullable=False),  # JSON object
+    Column("public", Boolean, nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
 )
