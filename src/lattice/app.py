@@ -23,6 +23,7 @@ from lattice.api import health as health_api
 from lattice.api import kv as kv_api
 from lattice.api import plugins as plugins_api
 from lattice.api import static as static_api
+from lattice.api import workers as workers_api
 from lattice.api.errors import install_error_handlers
 from lattice.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from lattice.config import Settings
@@ -32,7 +33,7 @@ from lattice.core.auditbuffer import BufferedAudit
 from lattice.core.auth import AuthService
 from lattice.core.metrics import Metrics
 from lattice.core.secrets import SecretBox, load_or_create_key
-from lattice.errors import ConfigError
+from lattice.errors import ConfigError, LatticeError
 from lattice.plugins.broker import Broker
 from lattice.plugins.host import HostServices
 from lattice.plugins.lifecycle import LifecycleRegistry
@@ -40,14 +41,17 @@ from lattice.plugins.loader import PluginLoader
 from lattice.plugins.platform import PluginPlatform
 from lattice.plugins.ratelimits import HostRateLimits, parse_limits
 from lattice.plugins.runners.noop import NoopRunner
+from lattice.plugins.runners.worker import WorkerRunner
 from lattice.plugins.runtime import RuntimeManager
 from lattice.plugins.trust import TrustPolicy, Verifier
+from lattice.plugins.worker_registry import WorkerRegistry
 from lattice.services.egress import EgressGuard
 from lattice.services.egress_policy import EgressPolicy
 from lattice.services.kv import SqlKV
 from lattice.services.logs import SqlPluginLogs
 from lattice.services.plugin_policy import SqlPluginPolicies
 from lattice.services.static import SqlStatic
+from lattice.services.worker_store import SqlWorkerStore
 from lattice.store.db import Database, secure_sqlite_file
 from lattice.store.migrate import upgrade
 
@@ -65,6 +69,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     kv_api.router,
     static_api.router,
     plugins_api.router,
+    workers_api.router,
+    workers_api.serve_router,
 )
 
 
@@ -125,10 +131,11 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
         max_manifest_bytes=settings.plugin_max_manifest_bytes,
         max_artifact_bytes=settings.plugin_max_artifact_bytes,
     )
+    workers = WorkerRegistry()
     runtime = RuntimeManager(
         audit=audit,
         broker_factory=lambda plugin: Broker(plugin, host, audit=host_audit, limits=limits),
-        runners={"noop": NoopRunner()},
+        runners={"noop": NoopRunner(), "worker": WorkerRunner(workers)},
     )
     platform = PluginPlatform(
         policy=policy,
@@ -151,6 +158,8 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
         policies=policies,
         egress=egress,
         plugins=platform,
+        workers=workers,
+        worker_store=SqlWorkerStore(db),
     )
 
 
@@ -167,9 +176,22 @@ def _body_limits(settings: Settings) -> Callable[[str], int]:
     return limit_for
 
 
+async def deploy_stored_workers(container: Container) -> None:
+    """Serve every stored operator worker; one that no longer deploys is logged."""
+    stored = await run_in_threadpool(container.worker_store.all)
+    for worker in stored:
+        try:
+            spec = workers_api.spec_of(worker)
+            await container.workers.deploy(spec, workers_api.reads_for(container, spec))
+        except LatticeError as exc:
+            log.error("worker %r not served: %s", worker.name, exc.message)
+
+
 def create_app(container: Container) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        container.workers.bind_loop()
+        await deploy_stored_workers(container)
         await run_in_threadpool(container.plugins.start)
         stop_watch = threading.Event()
         watcher = None
@@ -184,6 +206,8 @@ def create_app(container: Container) -> FastAPI:
             stop_watch.set()
             if watcher is not None:
                 watcher.join(timeout=5)
+            await run_in_threadpool(container.plugins.shutdown)
+            await container.workers.close()
             await run_in_threadpool(container.close)
 
     app = FastAPI(

@@ -15,11 +15,13 @@ from lattice.core.auth import AuthService
 from lattice.core.metrics import Metrics
 from lattice.core.secrets import SecretBox
 from lattice.plugins.platform import PluginPlatform
+from lattice.plugins.worker_registry import WorkerRegistry
 from lattice.services.egress import EgressGuard
 from lattice.services.kv import SqlKV
 from lattice.services.logs import SqlPluginLogs
 from lattice.services.plugin_policy import SqlPluginPolicies
 from lattice.services.static import SqlStatic
+from lattice.services.worker_store import SqlWorkerStore
 from lattice.store.db import Database
 
 __all__ = ["Container"]
@@ -40,6 +42,8 @@ class Container:
     policies: SqlPluginPolicies
     egress: EgressGuard
     plugins: PluginPlatform
+    workers: WorkerRegistry
+    worker_store: SqlWorkerStore
     extras: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:

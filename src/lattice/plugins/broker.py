@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from lattice.core.audit import AuditQuery
 from lattice.core.auditsink import AuditSink
-from lattice.core.names import check_key, check_static_path
+from lattice.core.names import check_bucket, check_key, check_static_path, is_plugin_bucket
 from lattice.errors import (
     CapabilityDenied,
     EgressBlocked,
@@ -79,7 +79,7 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 class Broker:
     """Capability-checked, audited access to host services for one plugin."""
 
-    __slots__ = ("__armed", "__audit", "__caps", "__host", "__limits", "plugin_id")
+    __slots__ = ("__armed", "__audit", "__caps", "__host", "__limits", "__type", "plugin_id")
 
     def __init__(
         self,
@@ -101,6 +101,7 @@ class Broker:
                 "capability set differs from the verified manifest", plugin_id=manifest.id
             )
         self.plugin_id = manifest.id
+        self.__type = manifest.type
         self.__caps = verified
         self.__host = host
         self.__audit = audit
@@ -177,19 +178,35 @@ class Broker:
     def _bucket(self) -> str:
         return f"plugin:{self.plugin_id}"
 
-    def kv_get(self, key: str, *, correlation_id: str | None = None) -> bytes | None:
+    def _read_bucket(self, bucket: str | None) -> str:
+        """The bucket a read goes to: the plugin's own, or - for worker plugins,
+        which serve shared content - any bucket that is not another plugin's."""
+        if bucket is None or bucket == self._bucket:
+            return self._bucket
+        check_bucket(bucket)
+        if self.__type != "worker":
+            raise ValidationFailed("only worker plugins may read buckets other than their own")
+        if is_plugin_bucket(bucket):
+            raise ValidationFailed("plugin buckets are private to their plugin")
+        return bucket
+
+    def kv_get(
+        self, key: str, *, bucket: str | None = None, correlation_id: str | None = None
+    ) -> bytes | None:
         key = _text(key, "key")
+        target = f"{bucket}/{key}" if bucket else key
 
         def call(h: HostServices) -> bytes | None:
-            value = h.kv.get(self._bucket, check_key(key))
+            value = h.kv.get(self._read_bucket(bucket), check_key(key))
             return bytes(value) if value is not None else None
 
-        return self._invoke("kv.get", key, call, correlation_id)
+        return self._invoke("kv.get", target, call, correlation_id)
 
     def kv_list(
         self,
         prefix: str = "",
         *,
+        bucket: str | None = None,
         cursor: str | None = None,
         limit: int = 100,
         correlation_id: str | None = None,
@@ -198,7 +215,8 @@ class Broker:
         limit = _bounded_int(limit, "limit", 1, 1000)
 
         def call(h: HostServices) -> tuple[list[str], str | None]:
-            keys, nxt = h.kv.list(self._bucket, prefix=prefix, cursor=cursor, limit=limit)
+            b = self._read_bucket(bucket)
+            keys, nxt = h.kv.list(b, prefix=prefix, cursor=cursor, limit=limit)
             return list(keys), nxt
 
         return self._invoke("kv.list", prefix, call, correlation_id)
@@ -234,6 +252,20 @@ class Broker:
             h.logs.write(self.plugin_id, level, message, copied, correlation_id)
 
         self._invoke("log.write", level, call, correlation_id)
+
+    def runtime_log(self, level: str, message: str, *, correlation_id: str | None = None) -> None:
+        """A line from the plugin's runtime (console output, a stack trace).
+
+        Not a capability: the runtime reports on the plugin whatever it holds.
+        Still rate-limited (``log`` group) and bounded like ``log.write``.
+        """
+        level = _text(level, "level")
+        message = _text(message, "message", 4096)
+        if not self.__armed or not self.__limits.allow(self.plugin_id, "log.runtime"):
+            return
+        self.__host.logs.write(
+            self.plugin_id, level, message, {"source": "runtime"}, correlation_id
+        )
 
     # -- outbound HTTP: capability first, then the server's egress guard ----
 
@@ -292,10 +324,12 @@ class Broker:
 
     # -- static: confined to the buckets the operator granted ----------------
 
-    def _static_bucket(self, h: HostServices, bucket: str | None) -> str:
+    def _static_bucket(self, h: HostServices, bucket: str | None, *, read: bool = False) -> str:
         if h.static is None:
             raise HostUnavailable("host service unavailable: static")
         chosen = bucket or self._bucket
+        if read and self.__type == "worker":
+            return self._read_bucket(chosen)
         granted = h.policy.static_buckets(self.plugin_id) if h.policy else [self._bucket]
         if chosen not in granted:
             raise ValidationFailed(f"bucket {chosen!r} is not granted to this plugin")
@@ -307,7 +341,7 @@ class Broker:
         path = _text(path, "path")
 
         def call(h: HostServices) -> tuple[bytes, str] | None:
-            b = self._static_bucket(h, bucket)
+            b = self._static_bucket(h, bucket, read=True)
             assert h.static is not None
             obj = h.static.get(b, check_static_path(path))
             return (bytes(obj.data), obj.content_type) if obj else None
@@ -327,7 +361,7 @@ class Broker:
         limit = _bounded_int(limit, "limit", 1, 1000)
 
         def call(h: HostServices) -> tuple[list[dict[str, Any]], str | None]:
-            b = self._static_bucket(h, bucket)
+            b = self._static_bucket(h, bucket, read=True)
             assert h.static is not None
             objs, nxt = h.static.list(b, prefix=prefix, cursor=cursor, limit=limit)
             return [o.meta() for o in objs], nxt

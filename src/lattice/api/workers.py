@@ -1,0 +1,166 @@
+"""Workers: the operator API (scope ``worker:deploy``) and route serving at
+``/w/{name}/{path}``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from lattice.api.deps import container, principal_from, scope
+from lattice.api.errors import error_response
+from lattice.api.models import Strict
+from lattice.container import Container
+from lattice.core.auth import Principal
+from lattice.errors import LatticeError, NotFound, PayloadTooLarge, WorkerError, WorkerTimeout
+from lattice.plugins.runners.js import WorkerRequest
+from lattice.plugins.workers import GuardedReads, WorkerSpec, validate_spec
+from lattice.services.worker_store import StoredWorker
+
+router = APIRouter(prefix="/api/workers", tags=["workers"])
+serve_router = APIRouter(tags=["workers"])
+
+C = Annotated[Container, Depends(container)]
+Deployer = Annotated[Principal, scope("worker:deploy")]
+
+_DROP_HEADERS = frozenset(
+    {"authorization", "cookie", "x-csrf-token", "proxy-authorization", "host", "content-length"}
+)
+
+
+class WorkerBody(Strict):
+    kind: str = Field(pattern="^(template|js)$")
+    source: str = Field(min_length=1, max_length=256 * 1024)
+    capabilities: list[str] = Field(min_length=1, max_length=8)
+    bindings: dict[str, dict[str, str]] = Field(default_factory=dict, max_length=32)
+    public: bool = False
+    content_type: str | None = Field(default=None, max_length=255)
+
+
+def spec_of(stored: StoredWorker) -> WorkerSpec:
+    return validate_spec(
+        name=stored.name,
+        kind=stored.kind,
+        source=stored.source,
+        capabilities=stored.capabilities,
+        bindings=stored.bindings,
+        public=stored.public,
+        content_type=stored.content_type,
+        revision=stored.revision,
+    )
+
+
+def reads_for(c: Container, spec: WorkerSpec) -> GuardedReads:
+    return GuardedReads(spec, kv=c.kv, static=c.static, logs=c.logs, audit=c.host_audit)
+
+
+def _public(stored: StoredWorker) -> dict[str, Any]:
+    return {**stored.__dict__, "origin": "operator"}
+
+
+@router.get("")
+def list_workers(_p: Deployer, c: C) -> dict[str, Any]:
+    stored = [_public(w) for w in c.worker_store.all()]
+    plugins = [
+        spec.to_public_dict() for spec in c.workers.names().values() if spec.origin != "operator"
+    ]
+    return {"workers": stored + plugins}
+
+
+@router.get("/{name}")
+def get_worker(name: str, _p: Deployer, c: C) -> dict[str, Any]:
+    stored = c.worker_store.get(name)
+    if stored is None:
+        raise NotFound(f"no worker named {name!r}")
+    return _public(stored)
+
+
+@router.put("/{name}")
+async def put_worker(name: str, body: WorkerBody, p: Deployer, c: C) -> dict[str, Any]:
+    # 1. every rule, before anything is stored or swapped
+    try:
+        spec = validate_spec(
+            name=name,
+            kind=body.kind,
+            source=body.source,
+            capabilities=body.capabilities,
+            bindings=body.bindings,
+            public=body.public,
+            content_type=body.content_type,
+        )
+    except WorkerError as exc:
+        await run_in_threadpool(
+            c.audit.append,
+            actor=p.actor,
+            action="worker.upsert",
+            target=name[:64],
+            decision="deny",
+            reason=exc.message,
+        )
+        raise
+    # 2. compile and swap in (a JS source that does not compile fails here)
+    await c.workers.deploy(spec, reads_for(c, spec))
+    # 3. persist, then audit
+    stored = await run_in_threadpool(
+        c.worker_store.upsert,
+        name=spec.name,
+        kind=spec.kind,
+        source=spec.source,
+        capabilities=sorted(spec.capabilities),
+        bindings={k: dict(v) for k, v in spec.bindings.items()},
+        public=spec.public,
+        content_type=spec.content_type,
+    )
+    await run_in_threadpool(
+        c.audit.append,
+        actor=p.actor,
+        action="worker.upsert",
+        target=name,
+        detail={"kind": spec.kind, "revision": stored.revision, "public": spec.public},
+    )
+    return _public(stored)
+
+
+@router.delete("/{name}")
+async def delete_worker(name: str, p: Deployer, c: C) -> dict[str, Any]:
+    if not await run_in_threadpool(c.worker_store.delete, name):
+        raise NotFound(f"no worker named {name!r}")
+    await c.workers.remove(name, origin="operator")
+    await run_in_threadpool(c.audit.append, actor=p.actor, action="worker.delete", target=name)
+    return {"deleted": name}
+
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@serve_router.api_route("/w/{name}", methods=_METHODS, include_in_schema=False)
+@serve_router.api_route("/w/{name}/{path:path}", methods=_METHODS)
+async def serve(name: str, request: Request, c: C, path: str = "") -> Response:
+    """Serve a worker route (public workers; others need an authenticated caller)."""
+    live = c.workers.get(name)
+    if live is None:
+        return error_response(404, f"no worker named {name!r}")
+    if not live.spec.public:
+        await run_in_threadpool(principal_from, request)
+    body = await request.body()
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS]
+    worker_request = WorkerRequest(
+        method=request.method, url=str(request.url), headers=headers, body=body
+    )
+    try:
+        result = await c.workers.handle(name, worker_request, "/" + path)
+    except NotFound:
+        return error_response(404, f"no worker named {name!r}")
+    except WorkerTimeout:
+        return error_response(503, "worker exceeded its time limit; try again")
+    except PayloadTooLarge as exc:
+        return error_response(500, f"worker response too large: {exc.message}")
+    except LatticeError:
+        return error_response(500, "worker failed; its plugin log has details")
+    response = Response(content=result.body, status_code=result.status)
+    for key, value in result.headers:
+        if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+            response.headers.append(key, value)
+    return response
