@@ -45,8 +45,17 @@ class Settings(BaseSettings):
 
     plugin_rate_limits: str = ""
 
+    worker_cpu_ms: int = Field(default=50, ge=1, le=60_000)
+    worker_memory_mb: int = Field(default=64, ge=8, le=4096)
+    worker_pool_size: int = Field(default=2, ge=1, le=64)
+    worker_queue_wait_ms: int = Field(default=5000, ge=1, le=60_000)
+
     egress_allow_cidrs: str = ""
     egress_allow_ports: str = "80,443"
+
+    notify_retry_base_seconds: float = Field(default=2.0, gt=0, le=3600)
+    notify_max_attempts: int = Field(default=8, ge=1, le=100)
+    notify_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
 
     @field_validator("listen")
     @classmethod

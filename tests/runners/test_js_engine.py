@@ -1,0 +1,92 @@
+"""The mini-racer adapter on its own: CPU metering, error translation, recycling."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from lattice.errors import WorkerError, WorkerTimeout
+from lattice.plugins.runners.js_engine import Isolate
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def isolate() -> Isolate:
+    return Isolate.open(memory_bytes=32 * MiB)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread CPU clocks are Linux-only")
+async def test_cpu_is_read_from_the_isolate_thread(isolate: Isolate) -> None:
+    assert isolate.measures_thread_cpu
+    started = time.perf_counter()
+    result, used = await isolate.run(
+        "const end = Date.now() + 100; while (Date.now() < end) {} 'spun'", cpu_s=5.0
+    )
+    wall = time.perf_counter() - started
+    assert result == "spun"
+    assert 0.0 < used <= wall
+    isolate.close()
+
+
+async def test_budget_exhaustion_is_a_timeout_and_retires_the_isolate(isolate: Isolate) -> None:
+    started = time.perf_counter()
+    with pytest.raises(WorkerTimeout, match="CPU time limit"):
+        await isolate.run("while (true) {}", cpu_s=0.05)
+    assert time.perf_counter() - started < 1.0
+    assert not isolate.usable
+    with pytest.raises(WorkerError, match="no longer usable"):
+        await isolate.run("'x'", cpu_s=1.0)
+    isolate.close()
+
+
+async def test_runaway_microtask_is_caught_by_the_next_run(isolate: Isolate) -> None:
+    # The first script returns before its microtask spins; the next run cannot start.
+    code = "Promise.resolve().then(() => { while (true) {} }); 'ok'"
+    result, _ = await isolate.run(code, cpu_s=1.0)
+    assert result == "ok"
+    with pytest.raises(WorkerTimeout):
+        await isolate.run("'never'", cpu_s=0.05)
+    isolate.close()
+
+
+async def test_memory_limit_retires_the_isolate(isolate: Isolate) -> None:
+    with pytest.raises(WorkerError, match="exceeded its memory limit"):
+        await isolate.run(
+            "const a = []; while (true) a.push('x'.repeat(1 << 16) + a.length);", cpu_s=10
+        )
+    assert not isolate.usable
+    isolate.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "usable"),
+    [
+        ("let = = 1", "syntax error", True),
+        ("throw new Error('top level')", "worker threw an exception", False),
+    ],
+)
+async def test_engine_errors_are_translated(
+    isolate: Isolate, code: str, message: str, usable: bool
+) -> None:
+    with pytest.raises(WorkerError, match=message) as info:
+        await isolate.run(code, cpu_s=1.0)
+    assert type(info.value).__module__ == "lattice.errors"
+    assert type(info.value.__cause__).__module__.startswith("py_mini_racer")
+    assert isolate.usable is usable
+    isolate.close()
+
+
+async def test_non_string_result_is_refused(isolate: Isolate) -> None:
+    with pytest.raises(WorkerError, match="unexpected value"):
+        await isolate.run("42", cpu_s=1.0)
+    assert not isolate.usable
+    isolate.close()
+
+
+async def test_close_is_idempotent(isolate: Isolate) -> None:
+    isolate.close()
+    isolate.close()
+    assert not isolate.usable
