@@ -65,7 +65,10 @@ async def main() -> None:
 
     started = time.perf_counter()
     worker = await JsWorker.create(
-        name="bench", source=SOURCE, bindings={"KV": {"kv": "default"}}, host=Host(),
+        name="bench",
+        source=SOURCE,
+        bindings={"KV": {"kv": "default"}},
+        host=Host(),
         limits=JsLimits(pool_size=1),
     )
     print(f"{'worker create (+prelude)':<28} {ms(time.perf_counter() - started)}")

@@ -86,8 +86,13 @@ async def make_worker(host: MemoryHost) -> AsyncIterator[WorkerFactory]:
         await worker.close()
 
 
-def get(url: str, *, method: str = "GET", headers: list[tuple[str, str]] | None = None,
-        body: bytes = b"") -> WorkerRequest:
+def get(
+    url: str,
+    *,
+    method: str = "GET",
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+) -> WorkerRequest:
     return WorkerRequest(method=method, url=url, headers=headers or [], body=body)
 
 

@@ -95,11 +95,16 @@ async def test_hello_world(make_worker: WorkerFactory) -> None:
 
 
 async def test_json_api_reads_kv_binding(make_worker: WorkerFactory, host: MemoryHost) -> None:
-    host.kv["default"].update({
-        "greeting": "héllo wörld",
-        "settings": '{"theme": "dark"}',
-        "user:1": "a", "user:2": "b", "user:3": "c", "other": "x",
-    })
+    host.kv["default"].update(
+        {
+            "greeting": "héllo wörld",
+            "settings": '{"theme": "dark"}',
+            "user:1": "a",
+            "user:2": "b",
+            "user:3": "c",
+            "other": "x",
+        }
+    )
     worker = await make_worker(JSON_API, bindings={"CONFIG": {"kv": "default"}})
     response = await worker.handle(get("http://host/w/api/"))
     assert response.status == 201
@@ -108,8 +113,11 @@ async def test_json_api_reads_kv_binding(make_worker: WorkerFactory, host: Memor
         "greeting": "héllo wörld",
         "settings": {"theme": "dark"},
         "missing": None,
-        "page": {"keys": [{"name": "user:1"}, {"name": "user:2"}], "list_complete": False,
-                 "cursor": "2"},
+        "page": {
+            "keys": [{"name": "user:1"}, {"name": "user:2"}],
+            "list_complete": False,
+            "cursor": "2",
+        },
         "rest": {"keys": [{"name": "user:3"}], "list_complete": True},
     }
     assert ("kv_get", "default", "greeting") in host.calls
@@ -127,12 +135,14 @@ async def test_router_on_pathname_with_404(make_worker: WorkerFactory) -> None:
 
 async def test_request_method_headers_and_body_are_visible(make_worker: WorkerFactory) -> None:
     worker = await make_worker(ECHO)
-    response = await worker.handle(get(
-        "http://host/w/echo/path?q=a%20b",
-        method="PUT",
-        headers=[("User-Agent", "pytest"), ("X-Multi", "1"), ("x-multi", "2")],
-        body="grüße".encode(),
-    ))
+    response = await worker.handle(
+        get(
+            "http://host/w/echo/path?q=a%20b",
+            method="PUT",
+            headers=[("User-Agent", "pytest"), ("X-Multi", "1"), ("x-multi", "2")],
+            body="grüße".encode(),
+        )
+    )
     assert json.loads(response.body) == {
         "method": "PUT",
         "url": "http://host/w/echo/path?q=a%20b",
@@ -169,7 +179,8 @@ async def test_static_binding_returns_a_response_or_null(
     make_worker: WorkerFactory, host: MemoryHost
 ) -> None:
     host.static["site"]["/index.html"] = (b"<h1>hi</h1>", "text/html; charset=utf-8")
-    worker = await make_worker("""
+    worker = await make_worker(
+        """
 export default {
   async fetch(request, env) {
     const path = new URL(request.url).pathname;
@@ -177,7 +188,9 @@ export default {
     if (asset === null) return new Response("no asset", { status: 404 });
     return asset;
   },
-};""", bindings={"ASSETS": {"static": "site"}})
+};""",
+        bindings={"ASSETS": {"static": "site"}},
+    )
     found = await worker.handle(get("http://host/index.html"))
     assert (found.status, found.body) == (200, b"<h1>hi</h1>")
     assert found.headers == [("content-type", "text/html; charset=utf-8")]
@@ -188,9 +201,20 @@ export default {
 # ---- what the isolate does not have ---------------------------------------------
 
 FORBIDDEN = [
-    "fetch", "require", "process", "module", "exports", "setTimeout", "setInterval",
-    "clearTimeout", "WebAssembly", "SharedArrayBuffer", "FinalizationRegistry",
-    "__timer_manager", "Atomics.wait", "Atomics.waitAsync",
+    "fetch",
+    "require",
+    "process",
+    "module",
+    "exports",
+    "setTimeout",
+    "setInterval",
+    "clearTimeout",
+    "WebAssembly",
+    "SharedArrayBuffer",
+    "FinalizationRegistry",
+    "__timer_manager",
+    "Atomics.wait",
+    "Atomics.waitAsync",
 ]
 
 
@@ -225,8 +249,14 @@ export default {
   },
 };""")
     assert json.loads(await _body(worker)) == [
-        "undefined", "undefined", "undefined", "undefined", "undefined",
-        "undefinedundefinedundefined", "undefined", "",
+        "undefined",
+        "undefined",
+        "undefined",
+        "undefined",
+        "undefined",
+        "undefinedundefinedundefined",
+        "undefined",
+        "",
     ]
 
 
@@ -234,7 +264,8 @@ async def test_env_holds_only_declared_bindings(
     make_worker: WorkerFactory, host: MemoryHost
 ) -> None:
     host.kv["secret"] = {"k": "must not leak"}
-    worker = await make_worker("""
+    worker = await make_worker(
+        """
 export default {
   async fetch(request, env) {
     let other = "absent";
@@ -242,7 +273,9 @@ export default {
     const kinds = Object.keys(env.CONFIG).sort();
     return Response.json({ keys: Object.keys(env).sort(), other, kinds });
   },
-};""", bindings={"CONFIG": {"kv": "default"}, "ASSETS": {"static": "site"}})
+};""",
+        bindings={"CONFIG": {"kv": "default"}, "ASSETS": {"static": "site"}},
+    )
     assert json.loads(await _body(worker)) == {
         "keys": ["ASSETS", "CONFIG"],
         "other": "TypeError",
@@ -255,20 +288,24 @@ async def test_host_denial_becomes_a_js_rejection(
     make_worker: WorkerFactory, host: MemoryHost
 ) -> None:
     host.denied_buckets.add("default")
-    worker = await make_worker("""
+    worker = await make_worker(
+        """
 export default {
   async fetch(request, env) {
     try { await env.CONFIG.get("k"); return new Response("allowed"); }
     catch (e) { return new Response("denied: " + e.message, { status: 403 }); }
   },
-};""", bindings={"CONFIG": {"kv": "default"}})
+};""",
+        bindings={"CONFIG": {"kv": "default"}},
+    )
     response = await worker.handle(get("http://host/"))
     assert response.status == 403
     assert "denied 'kv:read'" in text(response)
 
 
 async def test_stale_env_from_an_earlier_request_is_refused(make_worker: WorkerFactory) -> None:
-    worker = await make_worker("""
+    worker = await make_worker(
+        """
 let saved = null;
 export default {
   async fetch(request, env) {
@@ -276,7 +313,10 @@ export default {
     try { await saved.CONFIG.get("k"); return new Response("stale env worked"); }
     catch (e) { return new Response(e.message); }
   },
-};""", bindings={"CONFIG": {"kv": "default"}}, limits=JsLimits(pool_size=1))
+};""",
+        bindings={"CONFIG": {"kv": "default"}},
+        limits=JsLimits(pool_size=1),
+    )
     assert text(await worker.handle(get("http://host/"))) == "saved"
     second = text(await worker.handle(get("http://host/")))
     assert second == "bindings can only be used while their request is running"
@@ -285,7 +325,8 @@ export default {
 async def test_globals_persist_per_isolate_but_request_objects_are_fresh(
     make_worker: WorkerFactory,
 ) -> None:
-    worker = await make_worker("""
+    worker = await make_worker(
+        """
 let hits = 0;
 export default {
   fetch(request, env) {
@@ -294,7 +335,9 @@ export default {
     env.marker = true;
     return Response.json({ hits, seen });
   },
-};""", limits=JsLimits(pool_size=1))
+};""",
+        limits=JsLimits(pool_size=1),
+    )
     first = json.loads(await _body(worker))
     second = json.loads(await _body(worker))
     assert first == {"hits": 1, "seen": False}
@@ -328,7 +371,8 @@ async def test_loop_in_a_continuation_times_out(make_worker: WorkerFactory, path
 
 
 async def test_cpu_budget_is_summed_across_awaits(make_worker: WorkerFactory) -> None:
-    worker = await make_worker("""
+    worker = await make_worker(
+        """
 const spin = (ms) => { const end = Date.now() + ms; while (Date.now() < end) {} };
 export default {
   async fetch(request, env) {
@@ -336,7 +380,10 @@ export default {
     for (let i = 0; i < 10; i++) { spin(40); await env.CONFIG.get("k"); }
     return new Response("finished");
   },
-};""", bindings={"CONFIG": {"kv": "default"}}, limits=JsLimits(cpu_ms=80))
+};""",
+        bindings={"CONFIG": {"kv": "default"}},
+        limits=JsLimits(cpu_ms=80),
+    )
     with pytest.raises(WorkerTimeout, match="CPU time limit"):
         await worker.handle(get("http://host/"))
 
@@ -354,19 +401,29 @@ class SlowHost(MemoryHost):
 async def test_waiting_on_the_host_does_not_count_as_cpu(make_worker: WorkerFactory) -> None:
     slow = SlowHost(delay=0.15)
     slow.kv["default"]["k"] = "v"
-    worker = await make_worker("""
+    worker = await make_worker(
+        """
 export default {
   async fetch(request, env) { return new Response(await env.CONFIG.get("k")); },
-};""", bindings={"CONFIG": {"kv": "default"}}, limits=JsLimits(cpu_ms=50), js_host=slow)
+};""",
+        bindings={"CONFIG": {"kv": "default"}},
+        limits=JsLimits(cpu_ms=50),
+        js_host=slow,
+    )
     assert text(await worker.handle(get("http://host/"))) == "v"
 
 
 async def test_host_wall_budget_is_enforced(make_worker: WorkerFactory) -> None:
     slow = SlowHost(delay=5.0)
-    worker = await make_worker("""
+    worker = await make_worker(
+        """
 export default {
   async fetch(request, env) { return new Response(await env.CONFIG.get("k")); },
-};""", bindings={"CONFIG": {"kv": "default"}}, limits=JsLimits(host_wall_ms=100), js_host=slow)
+};""",
+        bindings={"CONFIG": {"kv": "default"}},
+        limits=JsLimits(host_wall_ms=100),
+        js_host=slow,
+    )
     started = time.perf_counter()
     with pytest.raises(WorkerTimeout, match="binding calls exceeded"):
         await worker.handle(get("http://host/"))
@@ -375,7 +432,8 @@ export default {
 
 async def test_memory_bomb_recycles_the_isolate(make_worker: WorkerFactory) -> None:
     worker = await make_worker(
-        SPIN, bindings={"CONFIG": {"kv": "default"}},
+        SPIN,
+        bindings={"CONFIG": {"kv": "default"}},
         limits=JsLimits(cpu_ms=5000, memory_bytes=16 * 1024 * 1024),
     )
     with pytest.raises(WorkerError, match="exceeded its memory limit"):
@@ -384,9 +442,12 @@ async def test_memory_bomb_recycles_the_isolate(make_worker: WorkerFactory) -> N
 
 
 async def test_response_body_limit(make_worker: WorkerFactory) -> None:
-    worker = await make_worker("""
+    worker = await make_worker(
+        """
 export default { fetch() { return new Response("x".repeat(2049)); } };
-""", limits=JsLimits(max_response_bytes=2048))
+""",
+        limits=JsLimits(max_response_bytes=2048),
+    )
     with pytest.raises(WorkerError, match="response body exceeds 2048 bytes") as info:
         await worker.handle(get("http://host/"))
     assert not isinstance(info.value, WorkerTimeout)
@@ -399,7 +460,8 @@ async def test_request_body_limit(make_worker: WorkerFactory) -> None:
 
 
 async def test_too_many_binding_calls(make_worker: WorkerFactory) -> None:
-    worker = await make_worker("""
+    worker = await make_worker(
+        """
 export default {
   async fetch(request, env) {
     for (let i = 0; i < 100; i++) {
@@ -407,7 +469,9 @@ export default {
     }
     return new Response("all done");
   },
-};""", bindings={"CONFIG": {"kv": "default"}})
+};""",
+        bindings={"CONFIG": {"kv": "default"}},
+    )
     assert text(await worker.handle(get("http://host/"))) == (
         "too many binding calls (limit 64 per request)"
     )
@@ -415,7 +479,8 @@ export default {
 
 async def test_requests_beyond_the_pool_wait_then_time_out(make_worker: WorkerFactory) -> None:
     worker = await make_worker(
-        SPIN, bindings={"CONFIG": {"kv": "default"}},
+        SPIN,
+        bindings={"CONFIG": {"kv": "default"}},
         limits=JsLimits(pool_size=1, cpu_ms=400, queue_wait_ms=50),
     )
     spinning = asyncio.create_task(worker.handle(get("http://host/loop")))
@@ -480,14 +545,17 @@ async def test_fifty_parallel_requests_each_get_their_own_answer(
     make_worker: WorkerFactory, host: MemoryHost
 ) -> None:
     host.kv["default"]["prefix"] = "n="
-    worker = await make_worker("""
+    worker = await make_worker(
+        """
 export default {
   async fetch(request, env) {
     const n = new URL(request.url).searchParams.get("n");
     const prefix = await env.CONFIG.get("prefix");
     return new Response(prefix + n, { headers: { "x-n": n } });
   },
-};""", bindings={"CONFIG": {"kv": "default"}})
+};""",
+        bindings={"CONFIG": {"kv": "default"}},
+    )
     responses = await asyncio.gather(
         *(worker.handle(get(f"http://host/?n={i}")) for i in range(50))
     )

@@ -44,7 +44,7 @@ def test_module_shapes_that_are_rejected(source: str, message: str) -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        'const s = "export default nope; import x from \'y\'";\nexport default {};',
+        "const s = \"export default nope; import x from 'y'\";\nexport default {};",
         "// export const a = 1\n/* import x from 'y' */\nexport default {};",
         "const t = `export const ${'import'} ${`nested export ${1}`}`;\nexport default {};",
         "const re = /export const|import/g;\nexport default {};",

@@ -26,15 +26,29 @@ async def run_js(make_worker: WorkerFactory, body: str) -> Any:
 
 
 async def test_url_components(make_worker: WorkerFactory) -> None:
-    parts = await run_js(make_worker, """
+    parts = await run_js(
+        make_worker,
+        """
 const u = new URL("HTTPS://User:pw@Example.COM:8443/a/./b/../c d/é?x=1&y=a b#frag ment");
 return [u.href, u.protocol, u.username, u.password, u.host, u.hostname, u.port,
         u.pathname, u.search, u.hash, u.origin, String(u), u.toJSON()];
-""")
+""",
+    )
     href = "https://User:pw@example.com:8443/a/c%20d/%C3%A9?x=1&y=a%20b#frag%20ment"
     assert parts == [
-        href, "https:", "User", "pw", "example.com:8443", "example.com", "8443",
-        "/a/c%20d/%C3%A9", "?x=1&y=a%20b", "#frag%20ment", "https://example.com:8443", href, href,
+        href,
+        "https:",
+        "User",
+        "pw",
+        "example.com:8443",
+        "example.com",
+        "8443",
+        "/a/c%20d/%C3%A9",
+        "?x=1&y=a%20b",
+        "#frag%20ment",
+        "https://example.com:8443",
+        href,
+        href,
     ]
 
 
@@ -68,15 +82,20 @@ async def test_url_parsing_and_resolution(
     "url", ["nope", "http://", "http://exa mple.com/", "http://h:99999/", "/relative"]
 )
 async def test_invalid_urls_throw_type_error(make_worker: WorkerFactory, url: str) -> None:
-    result = await run_js(make_worker, f"""
+    result = await run_js(
+        make_worker,
+        f"""
 try {{ new URL({json.dumps(url)}); return "parsed"; }}
 catch (e) {{ return [e.name, URL.canParse({json.dumps(url)}), URL.parse({json.dumps(url)})]; }}
-""")
+""",
+    )
     assert result == ["TypeError", False, None]
 
 
 async def test_url_search_params_stay_in_sync(make_worker: WorkerFactory) -> None:
-    result = await run_js(make_worker, """
+    result = await run_js(
+        make_worker,
+        """
 const u = new URL("http://h/p?a=1#top");
 u.searchParams.append("b", "x y");
 const afterAppend = u.href;
@@ -87,7 +106,8 @@ u.hash = "";
 u.pathname = "/new path";
 u.port = "8080";
 return [afterAppend, afterSearch, u.href, u.origin, new URL("mailto:x@y").origin];
-""")
+""",
+    )
     assert result == [
         "http://h/p?a=1&b=x+y#top",
         ["3", None],
@@ -98,7 +118,9 @@ return [afterAppend, afterSearch, u.href, u.origin, new URL("mailto:x@y").origin
 
 
 async def test_url_search_params_api(make_worker: WorkerFactory) -> None:
-    result = await run_js(make_worker, """
+    result = await run_js(
+        make_worker,
+        """
 const p = new URLSearchParams("?a=1&a=2&b=%20x+y&c&=e&d=%zz");
 const seen = [];
 for (const [k, v] of p) seen.push(k + ":" + v);
@@ -111,7 +133,8 @@ return {
   seen, size: p.size, q: q.toString(), sorted: r.toString(), keys: [...r.keys()],
   afterSet: p.toString(), missing: p.get("nope"),
 };
-""")
+""",
+    )
     assert result == {
         "get": " x y",
         "all": ["9"],
@@ -130,7 +153,9 @@ return {
 
 
 async def test_headers(make_worker: WorkerFactory) -> None:
-    result = await run_js(make_worker, """
+    result = await run_js(
+        make_worker,
+        """
 const h = new Headers({ "Content-Type": "text/plain", "X-B": "1" });
 h.append("x-b", "2");
 h.append("Set-Cookie", "a=1");
@@ -146,12 +171,18 @@ return {
   iter: [...h].length, keys: [...h.keys()], cookies: h.getSetCookie(), padded: h.get("x-new"),
   error, copy: [...new Headers(h)].length, pairs: [...new Headers([["A", "1"]])],
 };
-""")
+""",
+    )
     assert result == {
         "get": "1, 2",
         "has": [True, False],
-        "each": ["content-type=text/plain", "set-cookie=a=1", "set-cookie=b=2", "x-b=1, 2",
-                 "x-new=padded"],
+        "each": [
+            "content-type=text/plain",
+            "set-cookie=a=1",
+            "set-cookie=b=2",
+            "x-b=1, 2",
+            "x-new=padded",
+        ],
         "iter": 4,
         "keys": ["set-cookie", "set-cookie", "x-b", "x-new"],
         "cookies": ["a=1", "b=2"],
@@ -163,7 +194,9 @@ return {
 
 
 async def test_request_object(make_worker: WorkerFactory) -> None:
-    result = await run_js(make_worker, """
+    result = await run_js(
+        make_worker,
+        """
 const r = new Request("http://h/x", { method: "post", body: "hi", headers: { "X-A": "1" } });
 const c = r.clone();
 const first = await r.text();
@@ -174,15 +207,26 @@ try { new Request("http://h/", { body: "x" }); } catch (e) { getBody = e.name; }
 const copy = new Request(c, { method: "PATCH" });
 return [r.method, r.url, first, reuse, r.bodyUsed, await c.json().catch(e => e.name),
         getBody, copy.method, copy.headers.get("content-type"), new Request("http://h").method];
-""")
+""",
+    )
     assert result == [
-        "POST", "http://h/x", "hi", "Body has already been used", True, "SyntaxError",
-        "TypeError", "PATCH", "text/plain;charset=UTF-8", "GET",
+        "POST",
+        "http://h/x",
+        "hi",
+        "Body has already been used",
+        True,
+        "SyntaxError",
+        "TypeError",
+        "PATCH",
+        "text/plain;charset=UTF-8",
+        "GET",
     ]
 
 
 async def test_response_object(make_worker: WorkerFactory) -> None:
-    result = await run_js(make_worker, """
+    result = await run_js(
+        make_worker,
+        """
 const r = new Response("body", { status: 418, statusText: "Teapot" });
 const j = Response.json({ a: 1 }, { headers: { "x-y": "z" } });
 const redirect = Response.redirect("http://h/next", 301);
@@ -204,7 +248,8 @@ return {
   errors, empty: [empty.status, await empty.text()], buf: new TextDecoder().decode(buf),
   defaults: [new Response().status, new Response().ok],
 };
-""")
+""",
+    )
     assert result == {
         "r": [418, "Teapot", False, "text/plain;charset=UTF-8", "body"],
         "j": ["application/json", "z", {"a": 1}],
@@ -228,7 +273,9 @@ export default {
 };""")
     response = await worker.handle(get("http://host/"))
     assert response.headers == [
-        ("set-cookie", "a=1"), ("set-cookie", "b=2"), ("content-type", "text/plain;charset=UTF-8")
+        ("set-cookie", "a=1"),
+        ("set-cookie", "b=2"),
+        ("content-type", "text/plain;charset=UTF-8"),
     ]
 
 
@@ -237,8 +284,16 @@ export default {
 
 @pytest.mark.parametrize(
     "data",
-    [b"\xff", b"\xe2\x82", b"a\xc0\xafb", b"\xed\xa0\x80x", b"\xf0\x9f\x98", b"\xf4\x90\x80\x80",
-     "ok ✓ 🎉".encode(), b"\xef\xbb\xbfbom"],
+    [
+        b"\xff",
+        b"\xe2\x82",
+        b"a\xc0\xafb",
+        b"\xed\xa0\x80x",
+        b"\xf0\x9f\x98",
+        b"\xf4\x90\x80\x80",
+        "ok ✓ 🎉".encode(),
+        b"\xef\xbb\xbfbom",
+    ],
 )
 async def test_text_decoder_matches_whatwg_replacement(
     make_worker: WorkerFactory, data: bytes
@@ -251,7 +306,9 @@ async def test_text_decoder_matches_whatwg_replacement(
 
 
 async def test_text_codec_options(make_worker: WorkerFactory) -> None:
-    result = await run_js(make_worker, """
+    result = await run_js(
+        make_worker,
+        """
 const out = [];
 const fatal = new TextDecoder("utf-8", { fatal: true });
 try { fatal.decode(new Uint8Array([0xff])); } catch (e) { out.push(e.name); }
@@ -262,27 +319,34 @@ out.push(Array.from(new TextEncoder().encode("\\ud800")));
 const dest = new Uint8Array(4);
 out.push(new TextEncoder().encodeInto("aé🎉", dest));
 return out;
-""")
+""",
+    )
     assert result == ["TypeError", "RangeError", 2, [0xEF, 0xBF, 0xBD], {"read": 2, "written": 3}]
 
 
 async def test_atob_btoa(make_worker: WorkerFactory) -> None:
-    result = await run_js(make_worker, """
+    result = await run_js(
+        make_worker,
+        """
 let error = null;
 try { btoa("€"); } catch (e) { error = e.name; }
 return [btoa("hello\\xff"), atob("aGVsbG//"), atob("aGk"), error];
-""")
+""",
+    )
     assert result == [base64.b64encode(b"hello\xff").decode(), "hell" + "o\xff", "hi", "TypeError"]
 
 
 async def test_queue_microtask(make_worker: WorkerFactory) -> None:
-    assert await run_js(make_worker, """
+    assert await run_js(
+        make_worker,
+        """
 const order = [];
 queueMicrotask(() => order.push("micro"));
 order.push("sync");
 await null; await null;
 return order;
-""") == ["sync", "micro"]
+""",
+    ) == ["sync", "micro"]
 
 
 # ---- randomness ---------------------------------------------------------------------
@@ -293,23 +357,31 @@ async def test_chacha20_block_matches_a_reference(make_worker: WorkerFactory) ->
     key = bytes(range(32))
     nonce = bytes.fromhex("000000090000004a00000000")
     counter = 1
-    ours = await run_js(make_worker, (
-        f"return __lattice.chacha20({json.dumps(base64.b64encode(key).decode())}, {counter}, "
-        f"{json.dumps(base64.b64encode(nonce).decode())});"
-    ))
-    reference = Cipher(
-        algorithms.ChaCha20(key, counter.to_bytes(4, "little") + nonce), mode=None
-    ).encryptor().update(bytes(64))
+    ours = await run_js(
+        make_worker,
+        (
+            f"return __lattice.chacha20({json.dumps(base64.b64encode(key).decode())}, {counter}, "
+            f"{json.dumps(base64.b64encode(nonce).decode())});"
+        ),
+    )
+    reference = (
+        Cipher(algorithms.ChaCha20(key, counter.to_bytes(4, "little") + nonce), mode=None)
+        .encryptor()
+        .update(bytes(64))
+    )
     assert base64.b64decode(ours) == reference
     assert reference[:4] == bytes.fromhex("10f1e7e4")  # the RFC's published first bytes
 
 
 async def test_get_random_values_rejects_bad_input(make_worker: WorkerFactory) -> None:
-    assert await run_js(make_worker, """
+    assert await run_js(
+        make_worker,
+        """
 const out = [];
 for (const arg of [new Float32Array(4), new Uint8Array(65537), [1, 2]]) {
   try { crypto.getRandomValues(arg); out.push("ok"); } catch (e) { out.push(e.name); }
 }
 out.push(crypto.getRandomValues(new Uint32Array(8)).some((v) => v !== 0));
 return out;
-""") == ["TypeError", "RangeError", "TypeError", True]
+""",
+    ) == ["TypeError", "RangeError", "TypeError", True]

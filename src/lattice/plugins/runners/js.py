@@ -184,10 +184,24 @@ _NAMED_DECLARATION = re.compile(
 _NEXT_WORD = re.compile(r"(?:\s|/\*.*?\*/|//[^\n]*)*([A-Za-z_$][\w$]*|\S)", re.S)
 _IDENT = re.compile(r"[A-Za-z_$\u0080-\uffff][\w$\u0080-\uffff]*")
 _NUMBER = re.compile(r"[0-9][\w.]*|\.[0-9][\w]*")
-_REGEX_AFTER_WORDS = frozenset({
-    "return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw",
-    "case", "do", "else", "yield", "await",
-})
+_REGEX_AFTER_WORDS = frozenset(
+    {
+        "return",
+        "typeof",
+        "instanceof",
+        "in",
+        "of",
+        "new",
+        "delete",
+        "void",
+        "throw",
+        "case",
+        "do",
+        "else",
+        "yield",
+        "await",
+    }
+)
 
 
 def module_to_script(source: str) -> str:
