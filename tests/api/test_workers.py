@@ -290,3 +290,30 @@ def test_workers_survive_a_restart(settings_factory: Any) -> None:
         assert second.client().get("/w/keep/").text == "still here"
     finally:
         second.stop()
+
+
+def test_console_output_and_stacks_reach_the_worker_log(live: LiveServer) -> None:
+    source = """
+    export default { async fetch(request) {
+      console.log("serving", new URL(request.url).pathname);
+      if (request.method === "POST") throw new Error("boom at /internal/place");
+      return new Response("ok");
+    } };
+    """
+    deploy(live, "chatty", kind="js", source=source, capabilities=["worker:route"])
+    client = live.client()
+    assert client.get("/w/chatty/a").text == "ok"
+    failed = client.post("/w/chatty/a")
+    assert failed.status_code == 500 and "boom" not in failed.text
+    deployer = live.client(live.token("worker:deploy"))
+    deadline = time.monotonic() + 5
+    messages: list[str] = []
+    while time.monotonic() < deadline:
+        logs = deployer.get("/api/workers/chatty/logs").json()["logs"]
+        messages = [line["message"] for line in logs]
+        if any("boom" in m for m in messages):
+            break
+        time.sleep(0.05)
+    assert any("serving /w/chatty/a" in m for m in messages), messages
+    assert any("boom at /internal/place" in m for m in messages)
+    assert deployer.get("/api/workers/ghost/logs").status_code == 404

@@ -30,7 +30,12 @@ SESSION_COOKIE = "lattice_session"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def container(request: Request) -> Container:
+async def container(request: Request) -> Container:
+    """The app's container (async: FastAPI would run a sync dependency on a thread)."""
+    return get_container(request)
+
+
+def get_container(request: Request) -> Container:
     c: Container = request.app.state.container
     return c
 
@@ -40,7 +45,7 @@ def principal_from(request: Request) -> Principal:
     cached: Principal | None = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
-    auth = container(request).auth
+    auth = get_container(request).auth
     header = request.headers.get("authorization")
     if header is not None:
         scheme, _, credential = header.partition(" ")

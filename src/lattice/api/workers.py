@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
@@ -75,6 +75,21 @@ def get_worker(name: str, _p: Deployer, c: C) -> dict[str, Any]:
     if stored is None:
         raise NotFound(f"no worker named {name!r}")
     return _public(stored)
+
+
+@router.get("/{name}/logs")
+def worker_logs(
+    name: str,
+    _p: Deployer,
+    c: C,
+    cursor: Annotated[int | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Console output and error stacks of an operator worker."""
+    if c.worker_store.get(name) is None:
+        raise NotFound(f"no worker named {name!r}")
+    lines, nxt = c.logs.list(f"worker:{name}", cursor=cursor, limit=limit)
+    return {"worker": name, "logs": [line.to_dict() for line in lines], "next_cursor": nxt}
 
 
 @router.put("/{name}")
