@@ -105,14 +105,17 @@ def main() -> None:
                         "public": True,
                     },
                 ),
-                ("js", {"kind": "js", "source": JS, "capabilities": ["worker:route"], "public": True}),
+                (
+                    "js",
+                    {"kind": "js", "source": JS, "capabilities": ["worker:route"], "public": True},
+                ),
             ):
                 r = admin.put(f"/api/workers/{name}", json=body)
                 r.raise_for_status()
 
         routes = {"bare": "/bench/bare/x", "tmpl": "/w/tmpl/x", "js": "/w/js/x"}
         results: dict[str, list[tuple[float, list[float]]]] = {k: [] for k in routes}
-        for name, path in routes.items():  # warm up
+        for path in routes.values():  # warm up
             load(base + path, 0.5, args.clients)
         for _ in range(args.rounds):  # interleave rounds to spread machine noise
             for name, path in routes.items():
