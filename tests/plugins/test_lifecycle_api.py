@@ -289,3 +289,51 @@ def test_runner_start_failure_disables_and_reports_safely(plive: LiveServer) -> 
 def test_lifecycle_body_is_json_only(plive: LiveServer) -> None:
     r = plive.admin().post("/api/plugins/lifecycle", content=json.dumps({"id": "demo.kv"})[:-2])
     assert r.status_code in (400, 422)
+
+
+def test_a_plugin_that_fails_at_startup_is_disabled_and_the_server_serves(
+    penv: PluginEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    penv.bundle(
+        id="acme.flaky",
+        type="worker",
+        entrypoint="template",
+        capabilities=("worker:route",),
+        artifact=b"fine",
+    )
+    first = penv.start()
+    try:
+        walk(first, "acme.flaky", ["installed", "active"])
+    finally:
+        first.stop()
+    # same bundle (no re-consent involved), but the worker runner now refuses it
+    from lattice.plugins import workers
+
+    def refuse(_source: str) -> None:
+        raise workers.WorkerError("refused at startup")
+
+    monkeypatch.setattr(workers, "check_source", refuse)
+    second = penv.start()
+    try:
+        assert second.client().get("/healthz").status_code == 200
+        it = item(second, "acme.flaky")
+        assert it["status"] == "disabled" and it["runtime"]["state"] == "failed"
+    finally:
+        second.stop()
+
+
+def test_watch_mode_picks_up_new_bundles(penv: PluginEnv) -> None:
+    import time
+
+    live = penv.start(plugin_watch=True)
+    try:
+        time.sleep(0.3)
+        penv.bundle(id="watched.one")
+        deadline = time.monotonic() + 10
+        ids: list[str] = []
+        while time.monotonic() < deadline and "watched.one" not in ids:
+            ids = [p["id"] for p in live.admin().get("/api/plugins/lifecycle").json()["plugins"]]
+            time.sleep(0.1)
+        assert "watched.one" in ids
+    finally:
+        live.stop()

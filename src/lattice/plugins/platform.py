@@ -46,7 +46,7 @@ class PluginPlatform:
         self._audit = audit
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        self._scan_lock = threading.Lock()
+        self._scan_lock = threading.RLock()
 
     def _lock(self, plugin_id: str) -> threading.Lock:
         with self._guard:
@@ -66,11 +66,17 @@ class PluginPlatform:
         for plugin_id in self.registry.ids_with_status("active"):
             with self._lock(plugin_id):
                 if self.runtime.broker(plugin_id) is None:
-                    self._arm_or_disable(plugin_id, actor="system")
+                    self._rearm(plugin_id, actor="system")
 
     def rescan(self, *, actor: str) -> ScanDiff:
         with self._scan_lock:
             diff = self.loader.scan()
+            self._apply(diff, actor=actor)
+            return diff
+
+    def _apply(self, diff: ScanDiff, *, actor: str) -> None:
+        """Bring records and runtime in line with the loader's new verified set."""
+        with self._scan_lock:
             loaded = self.loader.loaded
             disarmed = set(self.registry.sync(loaded))
             for plugin_id in disarmed:
@@ -86,7 +92,7 @@ class PluginPlatform:
                 with self._lock(plugin_id):
                     record = self.registry.get(plugin_id)
                     if record.status == "active" and not record.review_required:
-                        self._arm_or_disable(plugin_id, actor=actor)
+                        self._rearm(plugin_id, actor=actor)
             if diff:
                 self._audit.append(
                     actor=actor,
@@ -98,7 +104,13 @@ class PluginPlatform:
                         "rejected": [r.bundle for r in diff.rejected],
                     },
                 )
-            return diff
+
+    def _rearm(self, plugin_id: str, *, actor: str) -> None:
+        """Arm without raising: a plugin that fails is disabled, never the server."""
+        try:
+            self._arm_or_disable(plugin_id, actor=actor)
+        except RunnerError as exc:
+            log.error("plugin %r failed to start and was disabled: %s", plugin_id, exc.message)
 
     def _arm_or_disable(self, plugin_id: str, *, actor: str) -> None:
         plugin = self.loader.loaded.get(plugin_id)
@@ -174,10 +186,10 @@ class PluginPlatform:
     def watch(self, stop: threading.Event) -> None:
         """Rescan on file changes until ``stop`` is set (LATTICE_PLUGIN_WATCH=1)."""
 
-        def on_change(_diff: ScanDiff) -> None:
+        def on_change(diff: ScanDiff) -> None:
             try:
-                self.rescan(actor="system:watch")
+                self._apply(diff, actor="system:watch")
             except Exception:  # a failing rescan must not kill the watcher
-                log.exception("plugin rescan after a file change failed")
+                log.exception("applying a plugin rescan after a file change failed")
 
         self.loader.watch(stop, on_change)
