@@ -23,7 +23,9 @@ from lattice.errors import PayloadTooLarge
 __all__ = ["BodyLimitMiddleware", "RequestContextMiddleware"]
 
 log = logging.getLogger("lattice.access")
-_RID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_RID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+# Client-chosen methods must not mint new metric series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class RequestContextMiddleware:
@@ -36,7 +38,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, b"x-request-id")
-        rid = incoming if incoming and _RID.match(incoming) else secrets.token_hex(8)
+        rid = incoming if incoming and _RID.fullmatch(incoming) else secrets.token_hex(8)
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status = 500
@@ -57,6 +59,7 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
             method = scope.get("method", "-")
+            method = method if method in _METHODS else "OTHER"
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(elapsed)
             log.info("%s %s %s %.1fms", method, template, status, elapsed * 1000)
@@ -75,7 +78,7 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope.get("path", ""))
         declared = _header(scope, b"content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):  # '²'.isdigit() is True
                 await _reply(send, 400, b'{"error":"invalid Content-Length header","detail":null}')
                 return
             if int(declared) > limit:

@@ -18,6 +18,7 @@ router = APIRouter(prefix="/api/static", tags=["static"])
 C = Annotated[Container, Depends(container)]
 Reader = Annotated[Principal, scope("static:read")]
 Writer = Annotated[Principal, scope("static:write")]
+_SANDBOX = "default-src 'none'; sandbox"
 
 
 def _guard(principal: Principal, bucket: str) -> None:
@@ -46,10 +47,17 @@ def get_object(bucket: str, path: str, p: Reader, c: C) -> Response:
     obj = c.static.get(bucket, path)
     if obj is None:
         raise NotFound(f"no object {path!r} in bucket {bucket!r}")
+    # Content-Type goes in as a header (not media_type) so Starlette does not
+    # append a charset to what the uploader stored.  The CSP sandbox keeps an
+    # uploaded HTML/SVG object from running script in the dashboard's origin.
     return Response(
         obj.data,
-        media_type=obj.content_type,
-        headers={"etag": f'"{obj.sha256}"', "x-content-type-options": "nosniff"},
+        headers={
+            "content-type": obj.content_type,
+            "etag": f'"{obj.sha256}"',
+            "x-content-type-options": "nosniff",
+            "content-security-policy": _SANDBOX,
+        },
     )
 
 

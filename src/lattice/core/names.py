@@ -10,35 +10,53 @@ import re
 
 from lattice.errors import ValidationFailed
 
-__all__ = ["check_bucket", "check_key", "check_static_path", "is_plugin_bucket"]
+__all__ = [
+    "check_bucket",
+    "check_key",
+    "check_listing_arg",
+    "check_static_path",
+    "is_plugin_bucket",
+]
 
-_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_BUCKET_MAX = 128
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 _KEY_MAX = 512
 _PATH_MAX = 1024
-_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._~@+=,-]+$")
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~@+=,-]+")
 
 
 def _no_controls(kind: str, value: str) -> None:
     for ch in value:
-        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code <= 0x9F:  # C0, DEL and C1 controls (NUL included)
             raise ValidationFailed(f"{kind} must not contain control characters")
+        if 0xD800 <= code <= 0xDFFF:  # lone surrogates cannot be stored as UTF-8
+            raise ValidationFailed(f"{kind} must be valid Unicode (no surrogate code points)")
 
 
 def check_bucket(bucket: str) -> str:
+    if not bucket:
+        raise ValidationFailed("bucket name must not be empty")
+    if len(bucket) > _BUCKET_MAX:
+        raise ValidationFailed(f"bucket name must be at most {_BUCKET_MAX} characters")
     _no_controls("bucket name", bucket)
-    if not _BUCKET.match(bucket):
-        raise ValidationFailed(
-            "bucket name must be 1-128 characters of letters, digits, '.', '_', ':' or '-',"
-            " starting with a letter or digit",
-            detail={"bucket": bucket[:140]},
-        )
     if ".." in bucket:
         raise ValidationFailed("bucket name must not contain '..'")
+    if "\\" in bucket:
+        raise ValidationFailed("bucket name must not contain backslashes")
+    if not _BUCKET.fullmatch(bucket):
+        raise ValidationFailed(
+            "bucket name may hold only letters, digits, '.', '_', ':' or '-',"
+            " starting with a letter or digit",
+            detail={"bucket": bucket},
+        )
     return bucket
 
 
 def is_plugin_bucket(bucket: str) -> bool:
-    return bucket.startswith("plugin:")
+    """``plugin:*`` buckets are reserved; matched case-insensitively so that no
+    backend collation can make ``PLUGIN:x`` alias a plugin's bucket."""
+    return bucket[:7].lower() == "plugin:"
 
 
 def check_key(key: str) -> str:
@@ -67,9 +85,18 @@ def check_static_path(path: str) -> str:
     for segment in path.split("/"):
         if segment in ("", ".", ".."):
             raise ValidationFailed("path must not contain empty, '.' or '..' segments")
-        if not _PATH_SEGMENT.match(segment):
+        if not _PATH_SEGMENT.fullmatch(segment):
             raise ValidationFailed(
                 "path segments may hold only letters, digits and ._~@+=,-",
                 detail={"segment": segment[:80]},
             )
     return path
+
+
+def check_listing_arg(kind: str, value: str, *, max_len: int) -> str:
+    """A listing ``prefix`` or ``cursor``: bounded, no control characters, valid
+    Unicode (PostgreSQL refuses NUL in text, so this must be a 400, not a 503)."""
+    if len(value) > max_len:
+        raise ValidationFailed(f"{kind} must be at most {max_len} characters")
+    _no_controls(kind, value)
+    return value

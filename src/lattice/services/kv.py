@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from lattice.core.names import check_bucket, check_key
+from lattice.core.names import check_bucket, check_key, check_listing_arg
 from lattice.errors import PayloadTooLarge, ValidationFailed
 from lattice.store.clock import now_iso
 from lattice.store.db import Database
@@ -22,6 +22,12 @@ from lattice.store.tables import kv_entries
 __all__ = ["KVStore", "SqlKV"]
 
 MAX_LIST = 1000
+_KEY_MAX = 512
+# Built once: constructing a select per call costs more than running it on
+# SQLite (bench/foundation.py, KV GET).
+_GET = select(kv_entries.c.value).where(
+    kv_entries.c.bucket == bindparam("bucket"), kv_entries.c.key == bindparam("key")
+)
 
 
 class KVStore(Protocol):
@@ -45,11 +51,7 @@ class SqlKV:
         check_bucket(bucket)
         check_key(key)
         with self._db.read() as conn:
-            value = conn.execute(
-                select(kv_entries.c.value).where(
-                    kv_entries.c.bucket == bucket, kv_entries.c.key == key
-                )
-            ).scalar_one_or_none()
+            value = conn.execute(_GET, {"bucket": bucket, "key": key}).scalar_one_or_none()
         return bytes(value) if value is not None else None
 
     def put(self, bucket: str, key: str, value: bytes) -> None:
@@ -90,10 +92,17 @@ class SqlKV:
             raise ValidationFailed(f"limit must be between 1 and {MAX_LIST}")
         if prefix:
             check_key(prefix)
+        if cursor:
+            check_listing_arg("cursor", cursor, max_len=_KEY_MAX)
         c = kv_entries.c
         stmt = select(c.key).where(c.bucket == bucket)
         if prefix:
-            stmt = stmt.where(c.key.startswith(prefix, autoescape=True))
+            # LIKE (wildcards escaped) narrows the scan; the substr comparison makes
+            # the match exact, because SQLite's LIKE ignores ASCII case.
+            stmt = stmt.where(
+                c.key.startswith(prefix, autoescape=True),
+                func.substr(c.key, 1, len(prefix)) == prefix,
+            )
         if cursor:
             stmt = stmt.where(c.key > cursor)
         stmt = stmt.order_by(c.key).limit(limit + 1)

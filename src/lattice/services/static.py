@@ -11,11 +11,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from lattice.core.names import check_bucket, check_static_path
+from lattice.core.names import check_bucket, check_listing_arg, check_static_path
 from lattice.errors import PayloadTooLarge, ValidationFailed
 from lattice.store.clock import now_iso
 from lattice.store.db import Database
@@ -24,14 +24,21 @@ from lattice.store.tables import static_objects
 __all__ = ["SqlStatic", "StaticObject", "StaticStore", "check_content_type"]
 
 MAX_LIST = 1000
+_PATH_MAX = 1024
+_GET = select(static_objects).where(  # built once, like SqlKV's
+    static_objects.c.bucket == bindparam("bucket"), static_objects.c.path == bindparam("path")
+)
+# Only spaces/tabs around ';' (never CR/LF: the value is echoed as a header),
+# printable ASCII only (headers are latin-1), and fullmatch, since '$' would
+# accept a trailing newline.
 _CONTENT_TYPE = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}"
-    r"(\s*;\s*[A-Za-z0-9_.-]+=(\"[^\"\x00-\x1f\x7f]*\"|[A-Za-z0-9_.+-]+))*$"
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}"
+    r"([ \t]*;[ \t]*[A-Za-z0-9_.-]+=(\"[\x20\x21\x23-\x7e]*\"|[A-Za-z0-9_.+-]+))*"
 )
 
 
 def check_content_type(value: str) -> str:
-    if len(value) > 255 or not _CONTENT_TYPE.match(value):
+    if len(value) > 255 or not _CONTENT_TYPE.fullmatch(value):
         raise ValidationFailed("content type must look like type/subtype[; param=value]")
     return value
 
@@ -76,11 +83,8 @@ class SqlStatic:
     def get(self, bucket: str, path: str) -> StaticObject | None:
         check_bucket(bucket)
         check_static_path(path)
-        c = static_objects.c
         with self._db.read() as conn:
-            row = conn.execute(
-                select(static_objects).where(c.bucket == bucket, c.path == path)
-            ).first()
+            row = conn.execute(_GET, {"bucket": bucket, "path": path}).first()
         if row is None:
             return None
         return StaticObject(
@@ -135,14 +139,21 @@ class SqlStatic:
         check_bucket(bucket)
         if not 1 <= limit <= MAX_LIST:
             raise ValidationFailed(f"limit must be between 1 and {MAX_LIST}")
-        if len(prefix) > 1024 or any(ord(ch) < 0x20 for ch in prefix) or "\\" in prefix:
-            raise ValidationFailed("prefix must be at most 1024 printable characters")
+        check_listing_arg("prefix", prefix, max_len=_PATH_MAX)
+        if "\\" in prefix:
+            raise ValidationFailed("prefix must not contain backslashes")
+        if cursor:
+            check_listing_arg("cursor", cursor, max_len=_PATH_MAX)
         c = static_objects.c
         stmt = select(c.bucket, c.path, c.content_type, c.size, c.sha256, c.updated_at).where(
             c.bucket == bucket
         )
         if prefix:
-            stmt = stmt.where(c.path.startswith(prefix, autoescape=True))
+            # exact prefix match: SQLite's LIKE alone ignores ASCII case
+            stmt = stmt.where(
+                c.path.startswith(prefix, autoescape=True),
+                func.substr(c.path, 1, len(prefix)) == prefix,
+            )
         if cursor:
             stmt = stmt.where(c.path > cursor)
         stmt = stmt.order_by(c.path).limit(limit + 1)
