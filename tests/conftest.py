@@ -162,7 +162,9 @@ class LiveServer:
     _admin: str | None = None
 
     def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = dict(kwargs.pop("headers", {}))
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         c = httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
         self.clients.append(c)
         return c

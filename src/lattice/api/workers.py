@@ -151,7 +151,7 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 @serve_router.api_route("/w/{name}", methods=_METHODS, include_in_schema=False)
-@serve_router.api_route("/w/{name}/{path:path}", methods=_METHODS)
+@serve_router.api_route("/w/{name}/{path:path}", methods=_METHODS, include_in_schema=False)
 async def serve(name: str, request: Request, c: C, path: str = "") -> Response:
     """Serve a worker route (public workers; others need an authenticated caller)."""
     live = c.workers.get(name)

@@ -101,6 +101,10 @@ class AuditQuery:
     descending: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("action_prefix", "actor", "target", "since", "until"):
+            value = getattr(self, name)
+            if value is not None and any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+                raise ValidationFailed(f"{name} must not contain control characters")
         if not 1 <= self.limit <= MAX_PAGE:
             raise ValidationFailed(f"limit must be between 1 and {MAX_PAGE}")
         if self.decision not in (None, "allow", "deny"):

@@ -19,7 +19,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 
 from lattice.core.audit import AuditLog
 from lattice.core.ratelimit import FailureWindow
@@ -36,6 +36,23 @@ _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _TOKEN = re.compile(r"^lat_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 _TOKEN_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
 MAX_TOKEN_DAYS = 3650
+
+# Built once: this runs on every bearer-authenticated request.
+_TOKEN_LOOKUP = (
+    select(
+        api_tokens.c.id.label("token_id"),
+        api_tokens.c.token_hash,
+        api_tokens.c.scopes.label("token_scopes"),
+        api_tokens.c.expires_at,
+        api_tokens.c.revoked_at,
+        users.c.id,
+        users.c.username,
+        users.c.scopes,
+        users.c.disabled,
+    )
+    .join(users, users.c.id == api_tokens.c.user_id)
+    .where(api_tokens.c.token_hash == bindparam("token_hash"))
+)
 MIN_PASSWORD = 12
 
 
@@ -256,21 +273,7 @@ class AuthService:
         if not match:
             raise AuthError("malformed bearer token; tokens look like lat_<id>_<secret>")
         with self._db.read() as conn:
-            row = conn.execute(
-                select(
-                    api_tokens.c.id.label("token_id"),
-                    api_tokens.c.token_hash,
-                    api_tokens.c.scopes.label("token_scopes"),
-                    api_tokens.c.expires_at,
-                    api_tokens.c.revoked_at,
-                    users.c.id,
-                    users.c.username,
-                    users.c.scopes,
-                    users.c.disabled,
-                )
-                .join(users, users.c.id == api_tokens.c.user_id)
-                .where(api_tokens.c.token_hash == _sha256(token))
-            ).first()
+            row = conn.execute(_TOKEN_LOOKUP, {"token_hash": _sha256(token)}).first()
         if row is None or row.token_id != match.group(1):
             raise AuthError("unknown bearer token")
         if row.revoked_at is not None:

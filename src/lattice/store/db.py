@@ -36,8 +36,12 @@ class Database:
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Writes end their own transactions (``write()``) and reads run in
+            # autocommit, so returning a connection to the pool needs no ROLLBACK.
             self.engine: Engine = create_engine(
-                url, connect_args={"check_same_thread": False, "timeout": 30}
+                url,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                pool_reset_on_return=None,
             )
             _install_sqlite_hooks(self.engine)
         else:
