@@ -8,8 +8,6 @@ import socket
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-import pytest
-
 from lattice.store.db import Database
 from tests.conftest import LiveServer
 
