@@ -21,6 +21,7 @@ from lattice.api import audit as audit_api
 from lattice.api import auth as auth_api
 from lattice.api import health as health_api
 from lattice.api import kv as kv_api
+from lattice.api import notify as notify_api
 from lattice.api import plugins as plugins_api
 from lattice.api import static as static_api
 from lattice.api import workers as workers_api
@@ -40,6 +41,7 @@ from lattice.plugins.lifecycle import LifecycleRegistry
 from lattice.plugins.loader import PluginLoader
 from lattice.plugins.platform import PluginPlatform
 from lattice.plugins.ratelimits import HostRateLimits, parse_limits
+from lattice.plugins.runners.js import JsLimits
 from lattice.plugins.runners.noop import NoopRunner
 from lattice.plugins.runners.worker import WorkerRunner
 from lattice.plugins.runtime import RuntimeManager
@@ -49,6 +51,8 @@ from lattice.services.egress import EgressGuard
 from lattice.services.egress_policy import EgressPolicy
 from lattice.services.kv import SqlKV
 from lattice.services.logs import SqlPluginLogs
+from lattice.services.notify import NotifyService
+from lattice.services.notify_store import NotifyStore
 from lattice.services.plugin_policy import SqlPluginPolicies
 from lattice.services.static import SqlStatic
 from lattice.services.worker_store import SqlWorkerStore
@@ -71,6 +75,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     plugins_api.router,
     workers_api.router,
     workers_api.serve_router,
+    notify_api.router,
 )
 
 
@@ -109,14 +114,28 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
     static = SqlStatic(db, max_bytes=settings.static_max_bytes)
     logs = SqlPluginLogs(db)
     policies = SqlPluginPolicies(db)
-    egress = EgressGuard(
-        EgressPolicy.from_settings(
-            allow_cidrs=settings.egress_allow_cidrs, allow_ports=settings.egress_allow_ports
-        )
+    egress_policy = EgressPolicy.from_settings(
+        allow_cidrs=settings.egress_allow_cidrs, allow_ports=settings.egress_allow_ports
+    )
+    egress = EgressGuard(egress_policy)
+    notify = NotifyService(
+        NotifyStore(db),
+        box,
+        audit,
+        egress_policy=egress_policy,
+        retry_base_seconds=settings.notify_retry_base_seconds,
+        max_attempts=settings.notify_max_attempts,
+        timeout_seconds=settings.notify_timeout_seconds,
     )
     host_audit = BufferedAudit(audit)
     host = HostServices(
-        kv=kv, logs=logs, static=static, egress=egress, audit_reader=audit, policy=policies
+        kv=kv,
+        logs=logs,
+        static=static,
+        egress=egress,
+        notify=notify,
+        audit_reader=audit,
+        policy=policies,
     )
     limits = HostRateLimits(parse_limits(settings.plugin_rate_limits))
     policy = (
@@ -131,7 +150,16 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
         max_manifest_bytes=settings.plugin_max_manifest_bytes,
         max_artifact_bytes=settings.plugin_max_artifact_bytes,
     )
-    workers = WorkerRegistry()
+    workers = WorkerRegistry(
+        JsLimits(
+            cpu_ms=settings.worker_cpu_ms,
+            memory_bytes=settings.worker_memory_mb * 1024 * 1024,
+            pool_size=settings.worker_pool_size,
+            queue_wait_ms=settings.worker_queue_wait_ms,
+            max_request_bytes=settings.max_body_bytes,
+        ),
+        inline_reads=db.is_sqlite,
+    )
     runtime = RuntimeManager(
         audit=audit,
         broker_factory=lambda plugin: Broker(plugin, host, audit=host_audit, limits=limits),
@@ -157,6 +185,7 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
         logs=logs,
         policies=policies,
         egress=egress,
+        notify=notify,
         plugins=platform,
         workers=workers,
         worker_store=SqlWorkerStore(db),
@@ -191,6 +220,7 @@ def create_app(container: Container) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         container.workers.bind_loop()
+        container.notify.start()
         await deploy_stored_workers(container)
         await run_in_threadpool(container.plugins.start)
         stop_watch = threading.Event()

@@ -317,3 +317,13 @@ def test_console_output_and_stacks_reach_the_worker_log(live: LiveServer) -> Non
     assert any("serving /w/chatty/a" in m for m in messages), messages
     assert any("boom at /internal/place" in m for m in messages)
     assert deployer.get("/api/workers/ghost/logs").status_code == 404
+
+
+def test_oversized_request_body_is_413_and_template_kind_change_serves(live: LiveServer) -> None:
+    echo = "export default { async fetch(request) { return new Response(await request.text()); } };"
+    deploy(live, "body", kind="js", source=echo, capabilities=["worker:route"])
+    client = live.client()
+    assert client.post("/w/body/", content=b"x" * 1000).text == "x" * 1000
+    assert client.post("/w/body/", content=b"x" * (1024 * 1024 + 1)).status_code == 413
+    deploy(live, "body", kind="template", source="now a template")
+    assert client.post("/w/body/", content=b"ignored").text == "now a template"

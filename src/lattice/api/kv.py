@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from lattice.api.deps import container, scope
+from lattice.api.deps import container, read_store, scope
 from lattice.container import Container
 from lattice.core.auth import Principal
 from lattice.core.names import check_bucket, is_plugin_bucket
@@ -45,9 +45,9 @@ def list_keys(
 
 
 @router.get("/{bucket}/{key:path}")
-def get_value(bucket: str, key: str, p: Reader, c: C) -> Response:
+async def get_value(bucket: str, key: str, request: Request, p: Reader, c: C) -> Response:
     _guard(p, bucket)
-    value = c.kv.get(bucket, key)
+    value = await read_store(request, c.kv.get, bucket, key)
     if value is None:
         raise NotFound(f"no key {key!r} in bucket {bucket!r}")
     return Response(value, media_type="application/octet-stream")

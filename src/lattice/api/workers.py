@@ -14,7 +14,7 @@ from lattice.api.errors import error_response
 from lattice.api.models import Strict
 from lattice.container import Container
 from lattice.core.auth import Principal
-from lattice.errors import LatticeError, NotFound, PayloadTooLarge, WorkerError, WorkerTimeout
+from lattice.errors import NotFound, PayloadTooLarge, WorkerError, WorkerTimeout
 from lattice.plugins.runners.js import WorkerRequest
 from lattice.plugins.workers import GuardedReads, WorkerSpec, validate_spec
 from lattice.services.worker_store import StoredWorker
@@ -147,6 +147,7 @@ async def delete_worker(name: str, p: Deployer, c: C) -> dict[str, Any]:
     return {"deleted": name}
 
 
+_HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -154,28 +155,32 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 @serve_router.api_route("/w/{name}/{path:path}", methods=_METHODS, include_in_schema=False)
 async def serve(name: str, request: Request, c: C, path: str = "") -> Response:
     """Serve a worker route (public workers; others need an authenticated caller)."""
-    live = c.workers.get(name)
-    if live is None:
-        return error_response(404, f"no worker named {name!r}")
-    if not live.spec.public:
-        await run_in_threadpool(principal_from, request)
-    body = await request.body()
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS]
-    worker_request = WorkerRequest(
-        method=request.method, url=str(request.url), headers=headers, body=body
-    )
     try:
-        result = await c.workers.handle(name, worker_request, "/" + path)
+        async with c.workers.lease(name) as live:
+            if not live.spec.public:
+                await run_in_threadpool(principal_from, request)
+            worker_request = None
+            if live.js is not None:  # a template needs only the path
+                headers = [
+                    (k, v) for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS
+                ]
+                worker_request = WorkerRequest(
+                    method=request.method,
+                    url=str(request.url),
+                    headers=headers,
+                    body=await request.body(),
+                )
+            result = await c.workers.run(live, worker_request, "/" + path)
     except NotFound:
         return error_response(404, f"no worker named {name!r}")
     except WorkerTimeout:
         return error_response(503, "worker exceeded its time limit; try again")
-    except PayloadTooLarge as exc:
-        return error_response(500, f"worker response too large: {exc.message}")
-    except LatticeError:
+    except PayloadTooLarge:
+        raise  # the request body was over the cap: 413
+    except WorkerError:
         return error_response(500, "worker failed; its plugin log has details")
     response = Response(content=result.body, status_code=result.status)
     for key, value in result.headers:
-        if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+        if key.lower() not in _HOP_HEADERS:
             response.headers.append(key, value)
     return response

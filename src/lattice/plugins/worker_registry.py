@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+import functools
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
@@ -23,23 +25,32 @@ from lattice.plugins.workers import WorkerReads, WorkerSpec
 __all__ = ["LiveWorker", "WorkerRegistry"]
 
 
+T = TypeVar("T")
+
+
+async def _read(inline: bool, fn: Callable[..., T], *args: Any) -> T:
+    """Reads run inline when the store is local SQLite (see api.deps.read_store)."""
+    return fn(*args) if inline else await run_in_threadpool(fn, *args)
+
+
 class _ReadsHost:
     """Adapts a worker's synchronous reads to the JS runtime's async host."""
 
-    def __init__(self, reads: WorkerReads) -> None:
+    def __init__(self, reads: WorkerReads, inline: bool) -> None:
         self._reads = reads
+        self._inline = inline
 
     async def kv_get(self, bucket: str, key: str) -> str | None:
-        value = await run_in_threadpool(self._reads.kv_get, bucket, key)
+        value = await _read(self._inline, self._reads.kv_get, bucket, key)
         return value.decode("utf-8", errors="replace") if value is not None else None
 
     async def kv_list(
         self, bucket: str, prefix: str, limit: int, cursor: str | None
     ) -> tuple[list[str], str | None]:
-        return await run_in_threadpool(self._reads.kv_list, bucket, prefix, cursor, limit)
+        return await _read(self._inline, self._reads.kv_list, bucket, prefix, cursor, limit)
 
     async def static_get(self, bucket: str, path: str) -> tuple[bytes, str] | None:
-        return await run_in_threadpool(self._reads.static_get, bucket, path)
+        return await _read(self._inline, self._reads.static_get, bucket, path)
 
     async def log(self, level: str, message: str) -> None:
         # a log line the store refuses is dropped, never a failed request
@@ -64,8 +75,9 @@ class LiveWorker:
 
 
 class WorkerRegistry:
-    def __init__(self, limits: JsLimits | None = None) -> None:
+    def __init__(self, limits: JsLimits | None = None, *, inline_reads: bool = False) -> None:
         self.limits = limits or JsLimits()
+        self._inline = inline_reads
         self._workers: dict[str, LiveWorker] = {}
         self._lock = asyncio.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -90,7 +102,7 @@ class WorkerRegistry:
                 name=spec.name,
                 source=spec.source,
                 bindings=spec.bindings,
-                host=_ReadsHost(reads),
+                host=_ReadsHost(reads, self._inline),
                 limits=self.limits,
             )
         async with self._lock:
@@ -116,29 +128,44 @@ class WorkerRegistry:
         await live.close_if_idle()
         return True
 
-    async def handle(self, name: str, request: WorkerRequest, path: str) -> WorkerResponse:
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[LiveWorker]:
+        """Hold the worker currently serving ``name`` for one request; a redeploy
+        meanwhile swaps in a new worker but closes this one only after release."""
         live = self._workers.get(name)
         if live is None:
             raise NotFound(f"no worker named {name!r}")
         live.inflight += 1
         try:
-            if live.js is not None:
-                return await live.js.handle(request)
-            body = await run_in_threadpool(
-                render,
-                live.spec.source,
-                path=path,
-                kv=live.reads.kv_get,
-                static=lambda b, p: _static_text(live.reads, b, p),
-            )
-            return WorkerResponse(
-                status=200,
-                headers=[("content-type", live.spec.content_type)],
-                body=body.encode("utf-8"),
-            )
+            yield live
         finally:
             live.inflight -= 1
             await live.close_if_idle()
+
+    async def run(
+        self, live: LiveWorker, request: WorkerRequest | None, path: str
+    ) -> WorkerResponse:
+        """Serve one request on a leased worker (``request`` is unused by templates)."""
+        if live.js is not None:
+            if request is None:
+                raise ValueError("a JS worker needs the request")
+            return await live.js.handle(request)
+        reads = live.reads
+        body = await _read(
+            self._inline,
+            functools.partial(
+                render,
+                live.spec.source,
+                path=path,
+                kv=reads.kv_get,
+                static=lambda b, p: _static_text(reads, b, p),
+            ),
+        )
+        return WorkerResponse(
+            status=200,
+            headers=[("content-type", live.spec.content_type)],
+            body=body.encode("utf-8"),
+        )
 
     async def close(self) -> None:
         async with self._lock:
