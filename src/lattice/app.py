@@ -67,6 +67,7 @@ VERIFY_BODY_LIMIT = 4 * 1024 * 1024
 
 #: every router the app mounts; tests walk these to check each route's scope
 ROUTERS: tuple[APIRouter, ...] = (
+    workers_api.serve_router,  # first: the hot public path matches without walking the API
     health_api.router,
     auth_api.router,
     audit_api.router,
@@ -74,7 +75,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     static_api.router,
     plugins_api.router,
     workers_api.router,
-    workers_api.serve_router,
     notify_api.router,
 )
 
