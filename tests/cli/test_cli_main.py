@@ -103,3 +103,64 @@ def test_bad_settings_are_reported_by_name(env: dict[str, str]) -> None:
     r = run("db", "upgrade", env={**env, "LATTICE_LISTEN": "nonsense"})
     assert r.returncode == 1
     assert "LATTICE_LISTEN" in r.stderr and "Traceback" not in r.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_prints_the_password_once_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "LATTICE_DATA_DIR": str(tmp_path / "data")}
+    env.pop("LATTICE_ADMIN_PASSWORD", None)
+    env.pop("LATTICE_DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lattice", "serve", "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("server did not become ready")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Created user 'admin' with password:" in out
+    password = out.split("password: ", 1)[1].split()[0]
+    assert len(password) >= 16 and password not in err
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+
+
+def test_serve_on_a_busy_port_is_one_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run(
+            "serve", "--listen", f"127.0.0.1:{port}", env={"LATTICE_DATA_DIR": str(tmp_path / "d")}
+        )
+    assert r.returncode == 1
+    assert "cannot listen on" in r.stderr and "Traceback" not in r.stderr

@@ -7,12 +7,16 @@ never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import uvicorn
 
 from lattice import __version__
 from lattice.config import Settings, load_settings
@@ -94,8 +98,6 @@ def serve(
     ] = None,
 ) -> None:
     """Start the server (migrates the database first; Ctrl-C or SIGTERM stops it cleanly)."""
-    import uvicorn
-
     from lattice.app import create_app
     from lattice.core.logging import configure_logging
 
@@ -108,9 +110,11 @@ def serve(
         log_level=log_level,
     )
     configure_logging(settings.log_level)
+    sock = _bind(settings.host, settings.port)
     container = _container(settings)
     application = create_app(container)
-    typer.echo(f"Lattice {__version__} listening on http://{settings.listen}", err=True)
+    host, port = sock.getsockname()[:2]
+    typer.echo(f"Lattice {__version__} listening on http://{host}:{port}", err=True)
     config = uvicorn.Config(
         application,
         host=settings.host,
@@ -120,7 +124,41 @@ def serve(
         server_header=False,
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run()
+    _GracefulServer(config).run(sockets=[sock])
+
+
+class _GracefulServer(uvicorn.Server):
+    """SIGINT/SIGTERM start a graceful shutdown (lifespan: plugins stopped, audit
+    buffer flushed); the process then exits 0 instead of re-raising the signal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind before doing any work, so a busy port is one clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise fail(
+            f"cannot listen on {host}:{port}: {exc.strerror}; "
+            "choose another address with --listen or LATTICE_LISTEN"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @db_app.command("upgrade")
