@@ -19,6 +19,7 @@ from lattice.plugins.worker_registry import WorkerRegistry
 from lattice.services.egress import EgressGuard
 from lattice.services.kv import SqlKV
 from lattice.services.logs import SqlPluginLogs
+from lattice.services.notify import NotifyService
 from lattice.services.plugin_policy import SqlPluginPolicies
 from lattice.services.static import SqlStatic
 from lattice.services.worker_store import SqlWorkerStore
@@ -41,14 +42,16 @@ class Container:
     logs: SqlPluginLogs
     policies: SqlPluginPolicies
     egress: EgressGuard
+    notify: NotifyService
     plugins: PluginPlatform
     workers: WorkerRegistry
     worker_store: SqlWorkerStore
     extras: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
-        """Stop plugins, flush buffered audit events, release connections."""
+        """Stop plugins and the notify worker, flush buffered audit events, release connections."""
         self.plugins.shutdown()
+        self.notify.close()
         self.host_audit.close()
         self.egress.close()
         self.db.dispose()
