@@ -7,16 +7,19 @@ import re
 from fastapi.routing import APIRoute
 
 from lattice.api.deps import RequireScope
+from lattice.api.workers import serve_router
 from lattice.app import ROUTERS
 from lattice.core.scopes import SCOPES
 from tests.conftest import LiveServer
 
+# Worker routes (/w/...) are public or need any authenticated caller, per worker:
+# tests/api/test_workers.py covers them.
 PUBLIC = {"/healthz", "/readyz", "/metrics", "/api/login", "/openapi.json", "/docs", "/redoc"}
 
 
 def declared_scopes(live: LiveServer) -> list[tuple[str, str, str | None]]:
     out = []
-    for route in (r for router in ROUTERS for r in router.routes):
+    for route in (r for router in ROUTERS if router is not serve_router for r in router.routes):
         if not isinstance(route, APIRoute) or route.path in PUBLIC:
             continue
         scopes = [

@@ -139,3 +139,9 @@ def test_stored_detail_is_canonical(log: AuditLog, db: Database) -> None:
     with db.read() as conn:
         raw = conn.execute(select(audit_events.c.detail).where(audit_events.c.seq == 1)).scalar()
     assert raw == canonical_json(json.loads(raw)).decode()
+
+
+def test_control_characters_in_text_fields_are_made_visible(log: AuditLog) -> None:
+    event = log.append_event(actor="a\x00b", action="test.ctl", target="x\ny", reason="r\x7f")
+    assert event.actor == "a\\x00b" and event.target == "x\\x0ay" and event.reason == "r\\x7f"
+    assert log.verify() == 6

@@ -112,6 +112,12 @@ class AuditQuery:
 
 
 def _clip(text: str, limit: int) -> str:
+    """Bound a text field and make control characters visible (``\\x00``):
+    they are meaningless in an audit line and PostgreSQL refuses NUL."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        text = "".join(
+            ch if ord(ch) >= 0x20 and ord(ch) != 0x7F else f"\\x{ord(ch):02x}" for ch in text
+        )
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -139,7 +145,7 @@ class PendingEvent:
             "target": _clip(self.target, 512),
             "decision": self.decision,
             "reason": _clip(self.reason, 2000),
-            "correlation_id": self.correlation_id[:64] if self.correlation_id else None,
+            "correlation_id": _clip(self.correlation_id, 64) if self.correlation_id else None,
             "detail": json.loads(detail_text),
         }
         return base, detail_text
