@@ -216,3 +216,18 @@ def live(settings: Settings) -> Iterator[LiveServer]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cheap_argon2() -> Iterator[None]:
+    """Real argon2id, with the smallest cost parameters: tests create and check
+    many passwords, and the defaults (64 MiB, 3 passes) cost ~100 ms each here.
+    The production parameters are pinned by tests/core/test_passwords.py."""
+    from argon2 import PasswordHasher
+
+    from lattice.core import auth
+
+    original = auth.make_hasher
+    auth.make_hasher = lambda: PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    yield
+    auth.make_hasher = original

@@ -56,6 +56,23 @@ _TOKEN_LOOKUP = (
 MIN_PASSWORD = 12
 
 
+def make_hasher() -> PasswordHasher:
+    """argon2id with the library's vetted defaults (RFC 9106 low-memory profile)."""
+    return PasswordHasher()
+
+
+_DUMMY: dict[tuple[int, int, int], str] = {}
+
+
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    """A hash of a random secret with the same parameters, verified against when
+    the user does not exist so that path costs the same; computed once per process."""
+    key = (hasher.time_cost, hasher.memory_cost, hasher.parallelism)
+    if key not in _DUMMY:
+        _DUMMY[key] = hasher.hash(secrets.token_urlsafe(16))
+    return _DUMMY[key]
+
+
 def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
@@ -103,8 +120,8 @@ class AuthService:
     ) -> None:
         self._db = db
         self._audit = audit
-        self._hasher = PasswordHasher()  # argon2id with the library's vetted defaults
-        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self._hasher = make_hasher()
+        self._dummy_hash = _dummy_hash(self._hasher)
         self._session_ttl = session_ttl
         self._by_addr = FailureWindow(login_limit * 4, login_window)
         self._by_user = FailureWindow(login_limit, login_window)
