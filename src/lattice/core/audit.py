@@ -277,7 +277,8 @@ class AuditLog:
         with self._db.read() as conn:
             return int(conn.execute(select(func.count()).select_from(audit_events)).scalar_one())
 
-    def iter_all(self, batch: int = 1000) -> Iterator[AuditEvent]:
+    def _rows(self, batch: int = 1000) -> Iterator[Any]:
+        """Every stored row in ``seq`` order, read in pages."""
         last = 0
         while True:
             with self._db.read() as conn:
@@ -289,9 +290,11 @@ class AuditLog:
                 ).all()
             if not rows:
                 return
-            for r in rows:
-                yield _row_to_event(r)
+            yield from rows
             last = int(rows[-1].seq)
+
+    def iter_all(self) -> Iterator[AuditEvent]:
+        return (_row_to_event(r) for r in self._rows())
 
     def verify(self, progress: Callable[[int], None] | None = None) -> int:
         """Recompute the whole chain; return the number of events checked.
@@ -303,41 +306,24 @@ class AuditLog:
         """
         expected_seq, prev = 1, GENESIS
         checked = 0
-        for ev in self._iter_raw():
-            seq, stored_prev, stored_hash, hashed = ev
+        for row in self._rows():
+            seq = int(row.seq)
             if seq != expected_seq:
                 raise AuditChainBroken(expected_seq, f"event {expected_seq} is missing")
-            if stored_prev != prev:
+            try:
+                detail = json.loads(row.detail)
+            except ValueError:
+                raise AuditChainBroken(seq, "detail is not valid JSON") from None
+            hashed = {f: getattr(row, f) for f in _FIELDS} | {"seq": seq, "detail": detail}
+            if row.prev_hash != prev:
                 raise AuditChainBroken(seq, "prev_hash does not match the previous event")
-            if chain_hash(prev, hashed) != stored_hash:
+            if chain_hash(prev, hashed) != row.hash:
                 raise AuditChainBroken(seq, "event content does not match its hash")
-            prev, expected_seq = stored_hash, seq + 1
+            prev, expected_seq = str(row.hash), seq + 1
             checked += 1
             if progress is not None and checked % 1000 == 0:
                 progress(checked)
         return checked
-
-    def _iter_raw(self) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
-        last = 0
-        while True:
-            with self._db.read() as conn:
-                rows = conn.execute(
-                    select(audit_events)
-                    .where(audit_events.c.seq > last)
-                    .order_by(audit_events.c.seq)
-                    .limit(1000)
-                ).all()
-            if not rows:
-                return
-            for r in rows:
-                try:
-                    detail = json.loads(r.detail)
-                except ValueError:
-                    raise AuditChainBroken(int(r.seq), "detail is not valid JSON") from None
-                hashed = {f: getattr(r, f) for f in _FIELDS} | {"detail": detail}
-                hashed["seq"] = int(r.seq)
-                yield int(r.seq), str(r.prev_hash), str(r.hash), hashed
-            last = int(rows[-1].seq)
 
 
 def _row_to_event(r: Any) -> AuditEvent:
