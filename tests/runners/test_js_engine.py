@@ -90,3 +90,36 @@ async def test_close_is_idempotent(isolate: Isolate) -> None:
     isolate.close()
     isolate.close()
     assert not isolate.usable
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread CPU clocks are Linux-only")
+async def test_v8_thread_is_found_when_other_threads_start_at_the_same_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from lattice.plugins.runners import js_engine
+
+    stop = threading.Event()
+    real_ids = js_engine._thread_ids
+    calls = {"n": 0}
+
+    def ids_with_a_stranger() -> set[int]:
+        # the second snapshot happens after MiniRacer() started its thread:
+        # start an unrelated idle thread just before it, as a busy server would
+        calls["n"] += 1
+        if calls["n"] == 2:
+            threading.Thread(target=stop.wait, daemon=True).start()
+        return real_ids()
+
+    monkeypatch.setattr(js_engine, "_thread_ids", ids_with_a_stranger)
+    try:
+        isolate = Isolate.open(memory_bytes=32 * MiB)
+    finally:
+        stop.set()
+    assert isolate.measures_thread_cpu
+    _, used = await isolate.run(
+        "const end = Date.now() + 50; while (Date.now() < end) {} 'x'", cpu_s=5.0
+    )
+    assert used >= 0.03
+    isolate.close()
