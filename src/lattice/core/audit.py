@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 GENESIS = "0" * 64
+_INSERT = audit_events.insert()
 MAX_PAGE = 500
 _FIELDS = ("seq", "ts", "actor", "action", "target", "decision", "reason", "correlation_id")
 
@@ -230,7 +231,8 @@ class AuditLog:
                     prev = digest
                 try:
                     with self._db.write() as conn:
-                        conn.execute(audit_events.insert(), rows)
+                        # one row: a plain execute (executemany has its own overhead)
+                        conn.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
                 except Conflict:
                     self._head = None  # another process appended; reload and retry
                     continue
