@@ -17,8 +17,10 @@ on the same database fails its insert, reloads the head and retries.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -112,13 +114,14 @@ class AuditQuery:
             raise ValidationFailed("decision must be 'allow' or 'deny'")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _clip(text: str, limit: int) -> str:
     """Bound a text field and make control characters visible (``\\x00``):
     they are meaningless in an audit line and PostgreSQL refuses NUL."""
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
-        text = "".join(
-            ch if ord(ch) >= 0x20 and ord(ch) != 0x7F else f"\\x{ord(ch):02x}" for ch in text
-        )
+    if _CONTROL.search(text):
+        text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -134,6 +137,7 @@ class PendingEvent:
     correlation_id: str | None = None
     detail: dict[str, Any] | None = None
 
+    @functools.cached_property
     def normalized(self) -> tuple[dict[str, Any], str]:
         if self.decision not in ("allow", "deny"):
             raise ValueError(f"decision must be allow or deny, not {self.decision!r}")
@@ -217,7 +221,7 @@ class AuditLog:
 
     def append_many(self, pending: list[PendingEvent]) -> list[AuditEvent]:
         """Append events in order, in one transaction (all or none)."""
-        bases = [p.normalized() for p in pending]
+        bases = [p.normalized for p in pending]
         with self._lock:
             for _attempt in range(20):
                 seq, prev = self._head or self._load_head()

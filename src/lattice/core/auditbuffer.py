@@ -55,7 +55,7 @@ class BufferedAudit:
             correlation_id=correlation_id,
             detail=detail,
         )
-        event.normalized()  # fail now, in the caller, on an unencodable detail
+        _ = event.normalized  # fail now, in the caller, on an unencodable detail (cached)
         with self._cond:
             if self._closed:
                 raise RuntimeError("audit buffer is closed")

@@ -25,13 +25,15 @@ _PATH_MAX = 1024
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~@+=,-]+")
 
 
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (NUL included)
+_SURROGATES = re.compile("[\ud800-\udfff]")  # lone surrogates cannot be stored as UTF-8
+
+
 def _no_controls(kind: str, value: str) -> None:
-    for ch in value:
-        code = ord(ch)
-        if code < 0x20 or 0x7F <= code <= 0x9F:  # C0, DEL and C1 controls (NUL included)
-            raise ValidationFailed(f"{kind} must not contain control characters")
-        if 0xD800 <= code <= 0xDFFF:  # lone surrogates cannot be stored as UTF-8
-            raise ValidationFailed(f"{kind} must be valid Unicode (no surrogate code points)")
+    if _CONTROLS.search(value):
+        raise ValidationFailed(f"{kind} must not contain control characters")
+    if _SURROGATES.search(value):
+        raise ValidationFailed(f"{kind} must be valid Unicode (no surrogate code points)")
 
 
 def check_bucket(bucket: str) -> str:

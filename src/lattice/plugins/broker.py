@@ -16,6 +16,7 @@ A denied call never reaches the service.  Arguments and results are copied
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 from collections.abc import Callable, Mapping
@@ -68,6 +69,11 @@ METHODS: Mapping[str, str] = {
     "ddns.update": "ddns:admin",
     "worker.route": "worker:route",
 }
+
+# correlation ids need to be unique, not secret: a random per-process prefix
+# and a counter are enough and much cheaper than os.urandom per call
+_CID_PREFIX = secrets.token_hex(4)
+_CID_COUNTER = itertools.count(1)
 
 MAX_TITLE = 256
 MAX_BODY = 4096
@@ -133,7 +139,7 @@ class Broker:
         correlation_id: str | None,
     ) -> T:
         capability = METHODS[method]
-        cid = correlation_id or secrets.token_hex(8)
+        cid = correlation_id or f"{_CID_PREFIX}-{next(_CID_COUNTER)}"
 
         def record(decision: str, reason: str) -> None:
             self.__audit.append(
