@@ -17,6 +17,7 @@ on the same database fails its insert, reloads the head and retries.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
@@ -46,6 +47,11 @@ __all__ = [
 
 GENESIS = "0" * 64
 _INSERT = audit_events.insert()
+#: column order of the row dicts built in append_many (and of the batch INSERT)
+_ROW_ORDER = (
+    "seq", "ts", "actor", "action", "target", "decision", "reason", "correlation_id",
+    "detail", "prev_hash", "hash",
+)  # fmt: skip
 MAX_PAGE = 500
 _FIELDS = ("seq", "ts", "actor", "action", "target", "decision", "reason", "correlation_id")
 
@@ -160,12 +166,17 @@ class AuditLog:
     """Concrete :class:`~lattice.core.auditsink.AuditSink` over the store."""
 
     def __init__(
-        self, db: Database, *, on_append: Callable[[str, str], None] | None = None
+        self, db: Database, *, on_append: Callable[[str, str, int], None] | None = None
     ) -> None:
         self._db = db
         self._lock = threading.Lock()
         self._head: tuple[int, str] | None = None
         self._on_append = on_append
+        mark = "?" if db.engine.dialect.paramstyle == "qmark" else "%s"
+        self._insert_sql = (
+            f"INSERT INTO audit_events ({', '.join(_ROW_ORDER)}) "  # noqa: S608 - constants only
+            f"VALUES ({', '.join([mark] * len(_ROW_ORDER))})"
+        )
 
     def _load_head(self) -> tuple[int, str]:
         with self._db.read() as conn:
@@ -219,24 +230,32 @@ class AuditLog:
         )
         return self.append_many([pending])[0]
 
-    def append_many(self, pending: list[PendingEvent]) -> list[AuditEvent]:
-        """Append events in order, in one transaction (all or none)."""
+    def append_many(self, pending: list[PendingEvent], *, keep: bool = True) -> list[AuditEvent]:
+        """Append events in order, in one transaction (all or none).
+
+        Returns the appended events, or nothing when ``keep`` is False (the
+        write-behind buffer does not need them)."""
         bases = [p.normalized for p in pending]
         with self._lock:
             for _attempt in range(20):
                 seq, prev = self._head or self._load_head()
                 rows, events = [], []
+                ts = now_iso()  # one batch, one moment
                 for base, detail_text in bases:
                     seq += 1
-                    event = {"seq": seq, "ts": now_iso(), **base}
+                    event = {"seq": seq, "ts": ts, **base}
                     digest = chain_hash(prev, event)
                     rows.append({**event, "detail": detail_text, "prev_hash": prev, "hash": digest})
-                    events.append(AuditEvent(**{**event, "prev_hash": prev, "hash": digest}))
+                    if keep:
+                        events.append(AuditEvent(**{**event, "prev_hash": prev, "hash": digest}))
                     prev = digest
                 try:
                     with self._db.write() as conn:
-                        # one row: a plain execute (executemany has its own overhead)
-                        conn.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
+                        if len(rows) == 1:
+                            conn.execute(_INSERT, rows[0])
+                        else:  # batches go straight to the driver's executemany
+                            values = [tuple(r[c] for c in _ROW_ORDER) for r in rows]
+                            conn.exec_driver_sql(self._insert_sql, values)
                 except Conflict:
                     self._head = None  # another process appended; reload and retry
                     continue
@@ -248,8 +267,9 @@ class AuditLog:
             else:  # pragma: no cover - needs 20 consecutive lost races
                 raise StoreError("could not append to the audit log under contention")
         if self._on_append is not None:
-            for ev in events:
-                self._on_append(ev.action, ev.decision)
+            counts = collections.Counter((b["action"], b["decision"]) for b, _ in bases)
+            for (action, decision), n in counts.items():
+                self._on_append(action, decision, n)
         return events
 
     # -- reading ---------------------------------------------------------

@@ -1,8 +1,9 @@
 """A write-behind audit sink for high-rate decisions (plugin host calls).
 
-Events are queued in memory and appended to the chain in batches by one
-background thread: at most ``interval`` seconds after the call (default
-0.2 s, so every decision is in the chain within 1 s), immediately once
+Events are queued in memory (the caller does no JSON or hashing work) and
+appended to the chain in batches by one background thread: at most
+``interval`` seconds after the call (default 0.2 s, so every decision is in
+the chain within 1 s), immediately once
 ``max_batch`` are waiting, and all of them on ``flush()`` / ``close()`` (clean
 shutdown loses nothing).  If the store is down, the batch is kept and retried.
 """
@@ -55,7 +56,6 @@ class BufferedAudit:
             correlation_id=correlation_id,
             detail=detail,
         )
-        _ = event.normalized  # fail now, in the caller, on an unencodable detail (cached)
         with self._cond:
             if self._closed:
                 raise RuntimeError("audit buffer is closed")
@@ -71,8 +71,9 @@ class BufferedAudit:
                     batch = [self._queue.popleft() for _ in range(min(len(self._queue), 1000))]
                 if not batch:
                     return
+                batch = [event for event in batch if _encodable(event)]
                 try:
-                    self._audit.append_many(batch)
+                    self._audit.append_many(batch, keep=False)
                 except LatticeError:
                     with self._cond:
                         self._queue.extendleft(reversed(batch))
@@ -103,3 +104,15 @@ class BufferedAudit:
             self._cond.notify()
         self._thread.join(timeout=30)
         self.flush()
+
+
+def _encodable(event: PendingEvent) -> bool:
+    """Normalize (and cache) one event here, in the writer, so the caller's hot
+    path does no JSON work; an event whose detail cannot be encoded is dropped
+    with an error instead of wedging its whole batch."""
+    try:
+        _ = event.normalized
+    except (TypeError, ValueError) as exc:
+        log.error("dropping audit event %s: detail is not JSON (%s)", event.action, exc)
+        return False
+    return True

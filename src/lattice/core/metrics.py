@@ -30,8 +30,8 @@ class Metrics:
             registry=self.registry,
         )
 
-    def on_audit(self, action: str, decision: str) -> None:
-        self.audit_events.labels(action, decision).inc()
+    def on_audit(self, action: str, decision: str, count: int = 1) -> None:
+        self.audit_events.labels(action, decision).inc(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
