@@ -6,7 +6,9 @@ yields one inside a transaction that commits on success and rolls back on any
 error.  On SQLite writes start with ``BEGIN IMMEDIATE`` so two writers queue on
 the database lock (``busy_timeout``) instead of failing mid-transaction.
 Driver errors are translated here, at the edge: an integrity violation becomes
-:class:`~lattice.errors.Conflict`, anything else :class:`~lattice.errors.StoreError`.
+:class:`~lattice.errors.Conflict`, a value the database cannot store (NUL in
+PostgreSQL text, an over-long string) :class:`~lattice.errors.ValidationFailed`,
+anything else :class:`~lattice.errors.StoreError`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
-from lattice.errors import Conflict, StoreError
+from lattice.errors import Conflict, StoreError, ValidationFailed
 
 __all__ = ["Database"]
 
@@ -80,6 +82,11 @@ class Database:
 def _translate(exc: SQLAlchemyError) -> Exception:
     if isinstance(exc, IntegrityError):
         return Conflict("the change conflicts with existing data")
+    if isinstance(exc, DataError):
+        # a value the database cannot store (NUL in text on PostgreSQL, a string
+        # longer than its column): the caller's input, so a 400, never a 503
+        reason = str(exc.orig).splitlines()[0][:200] if exc.orig else "invalid value"
+        return ValidationFailed(f"the database refused a value: {reason}")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return StoreError("database connection lost")
     return StoreError(
