@@ -60,6 +60,8 @@ class Database:
                 yield conn
         except SQLAlchemyError as exc:
             raise _translate(exc) from exc
+        except OverflowError as exc:  # sqlite3 refuses ints beyond 64 bits
+            raise ValidationFailed("a number is out of range (at most 64-bit)") from exc
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -70,6 +72,8 @@ class Database:
                     yield conn
         except SQLAlchemyError as exc:
             raise _translate(exc) from exc
+        except OverflowError as exc:  # sqlite3 refuses ints beyond 64 bits
+            raise ValidationFailed("a number is out of range (at most 64-bit)") from exc
 
     def ping(self) -> None:
         with self.read() as conn:

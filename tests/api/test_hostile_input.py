@@ -1,4 +1,4 @@
-"""NUL characters anywhere in names and fields: a 4xx on both backends, never a 5xx."""
+"""Hostile text and numbers in names, fields and ids: a 4xx on both backends, never a 5xx."""
 
 from tests.conftest import LiveServer
 
@@ -39,3 +39,16 @@ def test_nul_in_any_name_or_field_is_a_client_error(live: LiveServer) -> None:
         if r.status_code >= 500:
             bad.append((method, url, r.status_code, r.text[:200]))
     assert not bad, bad
+
+
+def test_numbers_beyond_64_bits_are_a_client_error(live: LiveServer) -> None:
+    a = live.admin()
+    huge = 2**80
+    for method, url, kw in (
+        ("PATCH", f"/api/notify/channels/{huge}", {"json": {"enabled": False}}),
+        ("DELETE", f"/api/notify/channels/{huge}", {}),
+        ("GET", f"/api/audit?cursor={huge}", {}),
+        ("GET", f"/api/plugins/x.y/logs?cursor={huge}", {}),
+    ):
+        r = a.request(method, url, **kw)
+        assert 400 <= r.status_code < 500, (method, url, r.status_code, r.text)
