@@ -327,3 +327,25 @@ def test_oversized_request_body_is_413_and_template_kind_change_serves(live: Liv
     assert client.post("/w/body/", content=b"x" * (1024 * 1024 + 1)).status_code == 413
     deploy(live, "body", kind="template", source="now a template")
     assert client.post("/w/body/", content=b"ignored").text == "now a template"
+
+
+def test_worker_pages_are_sandboxed_away_from_the_api_origin(live: LiveServer) -> None:
+    source = """
+    export default { async fetch() {
+      const h = new Headers({"content-type": "text/html"});
+      h.append("set-cookie", "lattice_session=stolen; Path=/");
+      h.append("set-cookie", "theme=dark; Path=/w/page");
+      return new Response("<script>document.title = 'page'</script>", {headers: h});
+    } };
+    """
+    assert (
+        deploy(live, "page", kind="js", source=source, capabilities=["worker:route"]).status_code
+        == 200
+    )
+    r = live.client().get("/w/page/")
+    assert r.status_code == 200
+    assert "sandbox" in r.headers["content-security-policy"]
+    assert "allow-same-origin" not in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    cookies = r.headers.get_list("set-cookie")
+    assert cookies == ["theme=dark; Path=/w/page"]

@@ -148,6 +148,8 @@ async def delete_worker(name: str, p: Deployer, c: C) -> dict[str, Any]:
 
 
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+_OWN_COOKIES = ("lattice_",)
+_WORKER_CSP = "sandbox allow-scripts allow-forms allow-popups allow-downloads"
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -181,6 +183,14 @@ async def serve(name: str, request: Request, c: C, path: str = "") -> Response:
         return error_response(500, "worker failed; its plugin log has details")
     response = Response(content=result.body, status_code=result.status)
     for key, value in result.headers:
-        if key.lower() not in _HOP_HEADERS:
-            response.headers.append(key, value)
+        lower = key.lower()
+        if lower in _HOP_HEADERS:
+            continue
+        if lower == "set-cookie" and value.lstrip().lower().startswith(_OWN_COOKIES):
+            continue  # a worker may not touch the control plane's own cookies
+        response.headers.append(key, value)
+    # Workers share the API's origin: sandbox their pages into an opaque origin
+    # so a worker's script can never read the API with an operator's session.
+    response.headers.append("content-security-policy", _WORKER_CSP)
+    response.headers["x-content-type-options"] = "nosniff"
     return response
