@@ -42,6 +42,7 @@ def test_help_for_every_command(env: dict[str, str]) -> None:
         ["serve"],
         ["db", "upgrade"],
         ["admin", "set-password"],
+        ["admin", "create-user"],
         ["token", "create"],
         ["audit", "verify"],
     ):
@@ -164,3 +165,21 @@ def test_serve_on_a_busy_port_is_one_clear_error(tmp_path: Path) -> None:
         )
     assert r.returncode == 1
     assert "cannot listen on" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_create_user_bounds_the_tokens_it_can_hold(env: dict[str, str]) -> None:
+    pw = "ops-password-1234\n"
+    r = run("admin", "create-user", "ops", "--scopes", "kv:read,audit:read", "--password-stdin",
+            env=env, stdin=pw)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "user 'ops' created with scopes audit:read,kv:read" in r.stdout
+    ok = run("token", "create", "--user", "ops", "--scopes", "kv:read", "--name", "t", env=env)
+    assert ok.returncode == 0 and ok.stdout.startswith("lat_")
+    wide = run("token", "create", "--user", "ops", "--scopes", "kv:write", "--name", "t", env=env)
+    assert wide.returncode == 1 and "does not hold" in wide.stderr
+    again = run("admin", "create-user", "ops", "--scopes", "kv:read", "--password-stdin",
+                env=env, stdin=pw)  # fmt: skip
+    assert again.returncode == 1 and "already exists" in again.stderr
+    bad = run("admin", "create-user", "x", "--scopes", "root", "--password-stdin",
+              env=env, stdin=pw)  # fmt: skip
+    assert bad.returncode == 1 and "unknown scope 'root'" in bad.stderr

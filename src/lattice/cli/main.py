@@ -180,20 +180,45 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
         db.dispose()
 
 
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from stdin")
+]
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@admin_app.command("create-user")
+def create_user(
+    user: Annotated[str, typer.Argument(help="User name: a-z, 0-9, '.', '_', '-'")],
+    scopes: Annotated[
+        str, typer.Option("--scopes", help="Comma-separated scopes, e.g. kv:read,audit:read")
+    ],
+    password_stdin: PasswordStdin = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a user holding the given scopes (their tokens can hold no more)."""
+    password = _read_password(password_stdin)
+    container = _container(_settings(data_dir=data_dir, database_url=database_url))
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    guarded(lambda: container.auth.create_user(user, password, wanted, actor="cli"))
+    typer.echo(f"user {user!r} created with scopes {','.join(sorted(set(wanted)))}")
+
+
 @admin_app.command("set-password")
 def set_password(
     user: Annotated[str, typer.Argument(help="User name, e.g. admin")],
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the new password from stdin")
-    ] = False,
+    password_stdin: PasswordStdin = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Set a user's password (and end their sessions)."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    password = _read_password(password_stdin)
     container = _container(_settings(data_dir=data_dir, database_url=database_url))
     guarded(lambda: container.auth.set_password(user, password))
     typer.echo(f"password for {user!r} updated")

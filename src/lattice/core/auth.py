@@ -132,7 +132,9 @@ class AuthService:
         with self._db.read() as conn:
             return conn.execute(select(users.c.id).limit(1)).first() is not None
 
-    def create_user(self, username: str, password: str, scopes: list[str]) -> int:
+    def create_user(
+        self, username: str, password: str, scopes: list[str], *, actor: str = "system"
+    ) -> int:
         if not _USERNAME.match(username):
             raise ValidationFailed("username must be 1-64 characters of a-z, 0-9, '.', '_' or '-'")
         _check_password(password)
@@ -152,7 +154,12 @@ class AuthService:
                 )
             )
             user_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-        self._audit.append(actor="system", action="user.create", target=f"user:{username}")
+        self._audit.append(
+            actor=actor,
+            action="user.create",
+            target=f"user:{username}",
+            detail={"scopes": validate_scopes(scopes)},
+        )
         return user_id
 
     def bootstrap_admin(self, password: str | None) -> str | None:
