@@ -537,8 +537,8 @@ async def test_spinning_worker_blocks_neither_the_loop_nor_other_workers(
     with pytest.raises(WorkerTimeout):
         await spinning
     # A blocked loop would show one gap as long as the spin (~1 s).
-    assert max(gaps) < 0.3, gaps
-    assert max(latencies) < 0.3, latencies
+    assert max(gaps) < 0.6, gaps  # generous for a loaded CI machine; still far below 1 s
+    assert max(latencies) < 0.6, latencies
 
 
 async def test_fifty_parallel_requests_each_get_their_own_answer(
