@@ -5,8 +5,7 @@ The API reads what it needs from here; nothing below ``api`` imports it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from lattice.config import Settings
 from lattice.core.audit import AuditLog
@@ -46,7 +45,6 @@ class Container:
     plugins: PluginPlatform
     workers: WorkerRegistry
     worker_store: SqlWorkerStore
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
         """Stop plugins and the notify worker, flush buffered audit events, release connections."""

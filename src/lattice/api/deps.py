@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lattice.container import Container
 from lattice.core.auth import Principal
+from lattice.core.names import check_bucket, is_plugin_bucket
 from lattice.errors import AuthError, CsrfError, ScopeDenied
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "AnyUser",
     "RequireScope",
     "container",
+    "guard_bucket",
     "principal_from",
     "read_store",
     "scope",
@@ -94,6 +96,13 @@ class RequireScope:
         if self.scope is not None and not principal.has(self.scope):
             raise ScopeDenied(self.scope)
         return principal
+
+
+def guard_bucket(principal: Principal, bucket: str) -> None:
+    """Check a KV/static bucket name; ``plugin:*`` buckets also need ``plugin:admin``."""
+    check_bucket(bucket)
+    if is_plugin_bucket(bucket) and not principal.has("plugin:admin"):
+        raise ScopeDenied("plugin:admin")
 
 
 def scope(name: str | None) -> Any:

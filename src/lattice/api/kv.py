@@ -11,23 +11,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from lattice.api.deps import container, read_store, scope
+from lattice.api.deps import container, guard_bucket, read_store, scope
 from lattice.container import Container
 from lattice.core.auth import Principal
-from lattice.core.names import check_bucket, is_plugin_bucket
-from lattice.errors import NotFound, ScopeDenied
+from lattice.errors import NotFound
 
 router = APIRouter(prefix="/api/kv", tags=["kv"])
 
 C = Annotated[Container, Depends(container)]
 Reader = Annotated[Principal, scope("kv:read")]
 Writer = Annotated[Principal, scope("kv:write")]
-
-
-def _guard(principal: Principal, bucket: str) -> None:
-    check_bucket(bucket)
-    if is_plugin_bucket(bucket) and not principal.has("plugin:admin"):
-        raise ScopeDenied("plugin:admin")
 
 
 @router.get("/{bucket}")
@@ -39,14 +32,14 @@ def list_keys(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    _guard(p, bucket)
+    guard_bucket(p, bucket)
     keys, next_cursor = c.kv.list(bucket, prefix=prefix, cursor=cursor, limit=limit)
     return {"bucket": bucket, "keys": keys, "next_cursor": next_cursor}
 
 
 @router.get("/{bucket}/{key:path}")
 async def get_value(bucket: str, key: str, request: Request, p: Reader, c: C) -> Response:
-    _guard(p, bucket)
+    guard_bucket(p, bucket)
     value = await read_store(request, c.kv.get, bucket, key)
     if value is None:
         raise NotFound(f"no key {key!r} in bucket {bucket!r}")
@@ -55,7 +48,7 @@ async def get_value(bucket: str, key: str, request: Request, p: Reader, c: C) ->
 
 @router.put("/{bucket}/{key:path}")
 async def put_value(bucket: str, key: str, request: Request, p: Writer, c: C) -> dict[str, Any]:
-    _guard(p, bucket)
+    guard_bucket(p, bucket)
     body = await request.body()
     return await run_in_threadpool(_store, c, p, bucket, key, body)
 
@@ -70,7 +63,7 @@ def _store(c: Container, p: Principal, bucket: str, key: str, body: bytes) -> di
 
 @router.delete("/{bucket}/{key:path}")
 def delete_value(bucket: str, key: str, p: Writer, c: C) -> dict[str, Any]:
-    _guard(p, bucket)
+    guard_bucket(p, bucket)
     if not c.kv.delete(bucket, key):
         raise NotFound(f"no key {key!r} in bucket {bucket!r}")
     c.audit.append(actor=p.actor, action="kv.delete", target=f"{bucket}/{key}")

@@ -7,11 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from lattice.api.deps import container, scope
+from lattice.api.deps import container, guard_bucket, scope
 from lattice.container import Container
 from lattice.core.auth import Principal
-from lattice.core.names import check_bucket, is_plugin_bucket
-from lattice.errors import NotFound, ScopeDenied
+from lattice.errors import NotFound
 
 router = APIRouter(prefix="/api/static", tags=["static"])
 
@@ -19,12 +18,6 @@ C = Annotated[Container, Depends(container)]
 Reader = Annotated[Principal, scope("static:read")]
 Writer = Annotated[Principal, scope("static:write")]
 _SANDBOX = "default-src 'none'; sandbox"
-
-
-def _guard(principal: Principal, bucket: str) -> None:
-    check_bucket(bucket)
-    if is_plugin_bucket(bucket) and not principal.has("plugin:admin"):
-        raise ScopeDenied("plugin:admin")
 
 
 @router.get("/{bucket}")
@@ -36,14 +29,14 @@ def list_objects(
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    _guard(p, bucket)
+    guard_bucket(p, bucket)
     objs, next_cursor = c.static.list(bucket, prefix=prefix, cursor=cursor, limit=limit)
     return {"bucket": bucket, "objects": [o.meta() for o in objs], "next_cursor": next_cursor}
 
 
 @router.get("/{bucket}/{path:path}")
 def get_object(bucket: str, path: str, p: Reader, c: C) -> Response:
-    _guard(p, bucket)
+    guard_bucket(p, bucket)
     obj = c.static.get(bucket, path)
     if obj is None:
         raise NotFound(f"no object {path!r} in bucket {bucket!r}")
@@ -63,7 +56,7 @@ def get_object(bucket: str, path: str, p: Reader, c: C) -> Response:
 
 @router.put("/{bucket}/{path:path}")
 async def put_object(bucket: str, path: str, request: Request, p: Writer, c: C) -> dict[str, Any]:
-    _guard(p, bucket)
+    guard_bucket(p, bucket)
     content_type = request.headers.get("content-type") or "application/octet-stream"
     body = await request.body()
     return await run_in_threadpool(_store, c, p, bucket, path, body, content_type)
@@ -84,7 +77,7 @@ def _store(
 
 @router.delete("/{bucket}/{path:path}")
 def delete_object(bucket: str, path: str, p: Writer, c: C) -> dict[str, Any]:
-    _guard(p, bucket)
+    guard_bucket(p, bucket)
     if not c.static.delete(bucket, path):
         raise NotFound(f"no object {path!r} in bucket {bucket!r}")
     c.audit.append(actor=p.actor, action="static.delete", target=f"{bucket}/{path}")

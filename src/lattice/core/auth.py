@@ -204,26 +204,14 @@ class AuthService:
         addr_key, user_key = f"addr:{client}", f"user:{username.lower()[:64]}"
         wait = max(self._by_addr.retry_after(addr_key), self._by_user.retry_after(user_key))
         if wait > 0:
-            self._audit.append(
-                actor=f"anon@{client}",
-                action="auth.login",
-                target=f"user:{username[:64]}",
-                decision="deny",
-                reason="rate limited",
-            )
+            self._deny_login(client, username, "rate limited")
             raise RateLimited("too many failed logins; try again later", retry_after=wait)
         row = self._user_row(username) if _USERNAME.match(username) else None
         ok = self._verify(row.password_hash if row else self._dummy_hash, password)
         if not ok or row is None or row.disabled:
             self._by_addr.fail(addr_key)
             self._by_user.fail(user_key)
-            self._audit.append(
-                actor=f"anon@{client}",
-                action="auth.login",
-                target=f"user:{username[:64]}",
-                decision="deny",
-                reason="bad credentials",
-            )
+            self._deny_login(client, username, "bad credentials")
             raise AuthError("invalid username or password")
         self._by_user.reset(user_key)
         if self._hasher.check_needs_rehash(row.password_hash):
@@ -251,6 +239,15 @@ class AuthService:
             csrf_hash=_sha256(csrf_token),
         )
         return session_token, csrf_token, principal
+
+    def _deny_login(self, client: str, username: str, reason: str) -> None:
+        self._audit.append(
+            actor=f"anon@{client}",
+            action="auth.login",
+            target=f"user:{username[:64]}",
+            decision="deny",
+            reason=reason,
+        )
 
     def _verify(self, password_hash: str, password: str) -> bool:
         try:

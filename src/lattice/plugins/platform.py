@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from lattice.core.auditsink import AuditSink
-from lattice.errors import NotFound, RunnerError
+from lattice.errors import RunnerError
 from lattice.plugins.lifecycle import LifecycleRecord, LifecycleRegistry
 from lattice.plugins.loader import PluginLoader, ScanDiff
 from lattice.plugins.runtime import RuntimeManager
@@ -171,14 +171,9 @@ class PluginPlatform:
                     self.runtime.stop(plugin_id, f"disabled by {actor}", record.type)
             return self.item(self.registry.get(plugin_id))
 
-    def get_item(self, plugin_id: str) -> dict[str, Any]:
-        return self.item(self.registry.get(plugin_id))
-
     def require_known(self, plugin_id: str) -> LifecycleRecord:
-        try:
-            return self.registry.get(plugin_id)
-        except NotFound:
-            raise NotFound(f"no plugin with id {plugin_id!r}") from None
+        """The record, or NotFound (404) naming the id."""
+        return self.registry.get(plugin_id)
 
     def shutdown(self) -> None:
         self.runtime.shutdown()
