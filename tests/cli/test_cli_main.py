@@ -151,6 +151,8 @@ def test_serve_prints_the_password_once_serves_and_stops_on_sigterm(tmp_path: Pa
     password = out.split("password: ", 1)[1].split()[0]
     assert len(password) >= 16 and password not in err
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+    for private in ("lattice.db", "secret.key"):
+        assert (tmp_path / "data" / private).stat().st_mode & 0o777 == 0o600, private
 
 
 def test_serve_on_a_busy_port_is_one_clear_error(tmp_path: Path) -> None:

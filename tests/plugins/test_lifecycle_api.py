@@ -337,3 +337,22 @@ def test_watch_mode_picks_up_new_bundles(penv: PluginEnv) -> None:
         assert "watched.one" in ids
     finally:
         live.stop()
+
+
+def test_a_moved_but_unchanged_bundle_is_rearmed_without_review(penv: PluginEnv) -> None:
+    bundle = penv.bundle(id="demo.move")
+    live = penv.start()
+    try:
+        walk(live, "demo.move", ["installed", "active"])
+        first = live.container.plugins.runtime.broker("demo.move")
+        bundle.rename(bundle.parent / "renamed-dir")
+        diff = live.admin().post("/api/plugins/rescan").json()
+        assert diff["changed"] == ["demo.move"]
+        it = item(live, "demo.move")
+        assert it["status"] == "active" and it["review_required"] is False
+        assert it["runtime"]["state"] == "armed"
+        second = live.container.plugins.runtime.broker("demo.move")
+        assert second is not None and second is not first and second.armed
+        assert first is not None and not first.armed  # the old broker was detached
+    finally:
+        live.stop()

@@ -140,3 +140,22 @@ def test_failing_stop_still_detaches_the_broker(parts: tuple) -> None:  # type: 
     state = rm.stop("demo.rt", "disable")
     assert state is not None and state.state == "failed" and "failed" in state.message
     assert not broker.armed and rm.broker("demo.rt") is None
+
+
+def test_a_broker_the_factory_refuses_fails_the_arm(parts: tuple) -> None:  # type: ignore[type-arg]
+    from lattice.errors import VerificationError
+
+    plugin, audit, _host = parts
+
+    def refuse(_plugin: LoadedPlugin) -> Broker:
+        raise VerificationError("capability set differs from the verified manifest")
+
+    noop = NoopRunner()
+    rm = RuntimeManager(audit=audit, broker_factory=refuse, runners={"noop": noop})
+    with pytest.raises(RunnerError, match="capability set differs"):
+        rm.arm(plugin)
+    state = rm.state("demo.rt")
+    assert state is not None and state.state == "failed" and "broker refused" in state.message
+    assert rm.broker("demo.rt") is None and not noop.healthy("demo.rt")
+    denied = audit.query(AuditQuery(action_prefix="plugin.runtime", decision="deny"))[0]
+    assert denied and denied[0].detail["state"] == "failed"
