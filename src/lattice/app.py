@@ -157,8 +157,10 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
             pool_size=settings.worker_pool_size,
             queue_wait_ms=settings.worker_queue_wait_ms,
             max_request_bytes=settings.max_body_bytes,
+            max_response_bytes=settings.worker_max_response,
         ),
         inline_reads=db.is_sqlite,
+        max_concurrency=settings.worker_max_concurrency,
     )
     runtime = RuntimeManager(
         audit=audit,

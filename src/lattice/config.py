@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     worker_memory_mb: int = Field(default=64, ge=8, le=4096)
     worker_pool_size: int = Field(default=2, ge=1, le=64)
     worker_queue_wait_ms: int = Field(default=5000, ge=1, le=60_000)
+    worker_max_response: int = Field(default=1 * MiB, ge=1024, le=64 * MiB)
+    worker_max_concurrency: int = Field(default=8, ge=1, le=256)
 
     egress_allow_cidrs: str = ""
     egress_allow_ports: str = "80,443"

@@ -44,7 +44,9 @@ export default {
 def deploy(live: LiveServer, name: str, **body: Any) -> httpx.Response:
     body.setdefault("public", True)
     body.setdefault("capabilities", ["worker:route", "kv:read"])
-    return live.client(live.token("worker:deploy")).put(f"/api/workers/{name}", json=body)
+    return live.client(live.token("worker:deploy", "kv:read", "static:read")).put(
+        f"/api/workers/{name}", json=body
+    )
 
 
 def test_seed_template_renders_path_and_kv(live: LiveServer) -> None:

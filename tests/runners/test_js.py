@@ -354,7 +354,7 @@ async def test_infinite_loop_times_out_and_the_next_request_succeeds(
     started = time.perf_counter()
     with pytest.raises(WorkerTimeout, match="CPU time limit"):
         await worker.handle(get("http://host/loop"))
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 10.0  # a timeout, not a hang
     assert text(await worker.handle(get("http://host/?i=1"))) == "alive 1"
 
 
@@ -366,18 +366,18 @@ async def test_loop_in_a_continuation_times_out(make_worker: WorkerFactory, path
     started = time.perf_counter()
     with pytest.raises(WorkerTimeout, match="CPU time limit"):
         await worker.handle(get(f"http://host{path}"))
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 10.0  # a timeout, not a hang
     assert text(await worker.handle(get("http://host/?i=2"))) == "alive 2"
 
 
 async def test_cpu_budget_is_summed_across_awaits(make_worker: WorkerFactory) -> None:
     worker = await make_worker(
         """
-const spin = (ms) => { const end = Date.now() + ms; while (Date.now() < end) {} };
+const spin = (n) => { let x = 0; for (let i = 0; i < n; i++) x += i; return x; };
 export default {
   async fetch(request, env) {
-    // Each slice (40 ms of wall time) fits the budget; together they cannot.
-    for (let i = 0; i < 10; i++) { spin(40); await env.CONFIG.get("k"); }
+    // Each slice (fixed work, ~20 ms of CPU) fits the budget; together they cannot.
+    for (let i = 0; i < 10; i++) { spin(2e7); await env.CONFIG.get("k"); }
     return new Response("finished");
   },
 };""",
@@ -427,7 +427,7 @@ export default {
     started = time.perf_counter()
     with pytest.raises(WorkerTimeout, match="binding calls exceeded"):
         await worker.handle(get("http://host/"))
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 10.0  # a timeout, not a hang
 
 
 async def test_memory_bomb_recycles_the_isolate(make_worker: WorkerFactory) -> None:

@@ -23,7 +23,7 @@ async def test_cpu_is_read_from_the_isolate_thread(isolate: Isolate) -> None:
     assert isolate.measures_thread_cpu
     started = time.perf_counter()
     result, used = await isolate.run(
-        "const end = Date.now() + 100; while (Date.now() < end) {} 'spun'", cpu_s=5.0
+        "(function () { let x = 0; for (let i = 0; i < 3e7; i++) x += i; })(); 'spun'", cpu_s=5.0
     )
     wall = time.perf_counter() - started
     assert result == "spun"
@@ -35,7 +35,7 @@ async def test_budget_exhaustion_is_a_timeout_and_retires_the_isolate(isolate: I
     started = time.perf_counter()
     with pytest.raises(WorkerTimeout, match="CPU time limit"):
         await isolate.run("while (true) {}", cpu_s=0.05)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 10.0  # a timeout, not a hang
     assert not isolate.usable
     with pytest.raises(WorkerError, match="no longer usable"):
         await isolate.run("'x'", cpu_s=1.0)
@@ -118,8 +118,9 @@ async def test_v8_thread_is_found_when_other_threads_start_at_the_same_time(
     finally:
         stop.set()
     assert isolate.measures_thread_cpu
-    _, used = await isolate.run(
-        "const end = Date.now() + 50; while (Date.now() < end) {} 'x'", cpu_s=5.0
-    )
-    assert used >= 0.03
+    # fixed work, not a wall-clock spin: on a loaded machine it still costs the
+    # V8 thread real CPU, while the idle stranger's clock stays near zero
+    work = "(function () { let x = 0; for (let i = 0; i < 3e7; i++) x += i; })(); 'x'"
+    _, used = await isolate.run(work, cpu_s=5.0)
+    assert used >= 0.005
     isolate.close()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -14,8 +16,17 @@ from lattice.api.errors import error_response
 from lattice.api.models import Strict
 from lattice.container import Container
 from lattice.core.auth import Principal
-from lattice.errors import NotFound, PayloadTooLarge, WorkerError, WorkerTimeout
-from lattice.plugins.runners.js import WorkerRequest
+from lattice.errors import (
+    LatticeError,
+    NotFound,
+    PayloadTooLarge,
+    ScopeDenied,
+    WorkerError,
+    WorkerTimeout,
+)
+from lattice.plugins.runners.js import WorkerRequest, WorkerResponse
+from lattice.plugins.runners.template import TEMPLATE_TAG
+from lattice.plugins.worker_registry import LiveWorker
 from lattice.plugins.workers import GuardedReads, WorkerSpec, validate_spec
 from lattice.services.worker_store import StoredWorker
 
@@ -25,6 +36,8 @@ serve_router = APIRouter(tags=["workers"])
 C = Annotated[Container, Depends(container)]
 Deployer = Annotated[Principal, scope("worker:deploy")]
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]{0,16384}")
 _DROP_HEADERS = frozenset(
     {"authorization", "cookie", "x-csrf-token", "proxy-authorization", "host", "content-length"}
 )
@@ -92,6 +105,32 @@ def worker_logs(
     return {"worker": name, "logs": [line.to_dict() for line in lines], "next_cursor": nxt}
 
 
+#: the deployer must hold the scope that reads what a worker capability reads
+_READ_SCOPES = {"kv:read": "kv:read", "static:read": "static:read"}
+
+
+def _reads_of(spec: WorkerSpec) -> dict[str, list[str]]:
+    """The buckets a worker reads: its bindings and the buckets its template names."""
+    kv = {b["kv"] for b in spec.bindings.values() if "kv" in b}
+    static = {b["static"] for b in spec.bindings.values() if "static" in b}
+    if spec.kind == "template":
+        for match in TEMPLATE_TAG.finditer(spec.source):
+            if match.group("kind") == "kv":
+                kv.add(match.group("bucket"))
+            elif match.group("kind") == "static":
+                static.add(match.group("bucket"))
+    return {"kv": sorted(kv), "static": sorted(static)}
+
+
+def _check_deployer(p: Principal, spec: WorkerSpec) -> None:
+    """A worker reads only what its deployer could read: each read capability
+    it holds needs the matching scope (and a public worker publishes it)."""
+    for capability in sorted(spec.capabilities):
+        scope_name = _READ_SCOPES.get(capability)
+        if scope_name is not None and not p.has(scope_name):
+            raise ScopeDenied(scope_name)
+
+
 @router.put("/{name}")
 async def put_worker(name: str, body: WorkerBody, p: Deployer, c: C) -> dict[str, Any]:
     # 1. every rule, before anything is stored or swapped
@@ -105,7 +144,8 @@ async def put_worker(name: str, body: WorkerBody, p: Deployer, c: C) -> dict[str
             public=body.public,
             content_type=body.content_type,
         )
-    except WorkerError as exc:
+        _check_deployer(p, spec)
+    except (WorkerError, ScopeDenied) as exc:
         await run_in_threadpool(
             c.audit.append,
             actor=p.actor,
@@ -127,13 +167,21 @@ async def put_worker(name: str, body: WorkerBody, p: Deployer, c: C) -> dict[str
         bindings={k: dict(v) for k, v in spec.bindings.items()},
         public=spec.public,
         content_type=spec.content_type,
+        deployed_by=p.actor,
     )
     await run_in_threadpool(
         c.audit.append,
         actor=p.actor,
         action="worker.upsert",
         target=name,
-        detail={"kind": spec.kind, "revision": stored.revision, "public": spec.public},
+        reason="public: anyone can request it" if spec.public else "",
+        detail={
+            "kind": spec.kind,
+            "revision": stored.revision,
+            "public": spec.public,
+            "capabilities": sorted(spec.capabilities),
+            "reads": _reads_of(spec),
+        },
     )
     return _public(stored)
 
@@ -147,10 +195,62 @@ async def delete_worker(name: str, p: Deployer, c: C) -> dict[str, Any]:
     return {"deleted": name}
 
 
-_HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
-_OWN_COOKIES = ("lattice_",)
+_HOP_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer"}
+    | {"upgrade", "proxy-connection", "proxy-authenticate"}
+)
+#: headers that act on the whole origin (the control plane's), not on one
+#: response: a worker may not log operators out, pin HSTS, redirect the origin's
+#: traffic elsewhere, collect its network-error reports or widen service workers
+_ORIGIN_HEADERS = frozenset(
+    {
+        "clear-site-data",
+        "strict-transport-security",
+        "alt-svc",
+        "nel",
+        "report-to",
+        "reporting-endpoints",
+        "service-worker-allowed",
+        "origin-agent-cluster",
+        "accept-ch",
+        "critical-ch",
+        "set-cookie2",
+        "public-key-pins",
+        "public-key-pins-report-only",
+        "expect-ct",
+    }
+)
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_OWN_COOKIE_PREFIX = "lattice"
 _WORKER_CSP = "sandbox allow-scripts allow-forms allow-popups allow-downloads"
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _cookie_allowed(value: str) -> bool:
+    """A worker's Set-Cookie passes only with a valid name that is not ours.
+
+    ``=lattice_session=x`` has an empty name (browsers then treat the rest as
+    the name), a name with odd characters may be normalized by a browser, and
+    the ``__Host-``/``__Secure-`` prefixes are stripped before comparing."""
+    pair = value.split(";", 1)[0]
+    name, sep, _ = pair.partition("=")
+    name = name.strip(" \t")
+    if not sep or not _COOKIE_NAME.fullmatch(name):
+        return False
+    bare = name.lower().removeprefix("__host-").removeprefix("__secure-")
+    return not bare.startswith(_OWN_COOKIE_PREFIX)
+
+
+def _logs_route(live: LiveWorker) -> str:
+    own = live.spec.own_bucket
+    if own is not None:
+        return f"/api/plugins/{own.removeprefix('plugin:')}/logs"
+    return f"/api/workers/{live.spec.name}/logs"
+
+
+async def _log_failure(live: LiveWorker, message: str) -> None:
+    with contextlib.suppress(LatticeError):
+        await run_in_threadpool(live.reads.log, "error", message)
 
 
 @serve_router.api_route("/w/{name}", methods=_METHODS, include_in_schema=False)
@@ -161,32 +261,46 @@ async def serve(name: str, request: Request, c: C, path: str = "") -> Response:
         async with c.workers.lease(name) as live:
             if not live.spec.public:
                 await run_in_threadpool(principal_from, request)
-            worker_request = None
-            if live.js is not None:  # a template needs only the path
-                headers = [
-                    (k, v) for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS
-                ]
-                worker_request = WorkerRequest(
-                    method=request.method,
-                    url=str(request.url),
-                    headers=headers,
-                    body=await request.body(),
+            try:
+                result = await _run(c, live, request, path)
+                return _response(result)
+            except WorkerTimeout as exc:
+                retry = (exc.detail or {}).get("retry_after_seconds")
+                headers = {"Retry-After": str(max(1, round(retry)))} if retry else {}
+                if retry:
+                    return error_response(503, exc.message, exc.detail, **headers)
+                return error_response(503, "worker exceeded its time limit; try again")
+            except PayloadTooLarge:
+                raise  # the request body was over the cap: 413
+            except WorkerError as exc:
+                route = _logs_route(live)
+                await _log_failure(live, f"request {request.method} /{path} failed: {exc.message}")
+                return error_response(
+                    500, f"worker failed; see GET {route}", {"reason": exc.message}
                 )
-            result = await c.workers.run(live, worker_request, "/" + path)
     except NotFound:
         return error_response(404, f"no worker named {name!r}")
-    except WorkerTimeout:
-        return error_response(503, "worker exceeded its time limit; try again")
-    except PayloadTooLarge:
-        raise  # the request body was over the cap: 413
-    except WorkerError:
-        return error_response(500, "worker failed; its plugin log has details")
+
+
+async def _run(c: Container, live: LiveWorker, request: Request, path: str) -> WorkerResponse:
+    worker_request = None
+    if live.js is not None:  # a template needs only the path
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS]
+        worker_request = WorkerRequest(
+            method=request.method, url=str(request.url), headers=headers, body=await request.body()
+        )
+    return await c.workers.run(live, worker_request, "/" + path)
+
+
+def _response(result: WorkerResponse) -> Response:
     response = Response(content=result.body, status_code=result.status)
     for key, value in result.headers:
         lower = key.lower()
-        if lower in _HOP_HEADERS:
+        if not _HEADER_NAME.fullmatch(key) or not _HEADER_VALUE.fullmatch(value):
+            raise WorkerError(f"worker returned an invalid header {key[:64]!r}")
+        if lower in _HOP_HEADERS or lower in _ORIGIN_HEADERS:
             continue
-        if lower == "set-cookie" and value.lstrip().lower().startswith(_OWN_COOKIES):
+        if lower == "set-cookie" and not _cookie_allowed(value):
             continue  # a worker may not touch the control plane's own cookies
         response.headers.append(key, value)
     # Workers share the API's origin: sandbox their pages into an opaque origin

@@ -1,9 +1,13 @@
 """Live workers by route name, swapped atomically on redeploy.
 
-``deploy`` compiles first (a JS worker's isolate pool is created and its
+``deploy`` compiles first (a JS worker's sandbox process is started and its
 source checked) and only then swaps the new worker in under the name.  The
 old one keeps serving the requests it already has and is closed when the last
 of them finishes, so a redeploy under load loses no request.
+
+JS workers run in sandbox processes (:mod:`~lattice.plugins.runners.js_process`);
+one server-wide gate bounds how many JS requests run at once, whatever the
+number of workers.  Templates render here, bounded (``runners.template``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any, TypeVar
 from starlette.concurrency import run_in_threadpool
 
 from lattice.errors import Conflict, LatticeError, NotFound
-from lattice.plugins.runners.js import JsLimits, JsWorker, WorkerRequest, WorkerResponse
+from lattice.plugins.runners.js import JsLimits, WorkerRequest, WorkerResponse
+from lattice.plugins.runners.js_process import SandboxedJsWorker
 from lattice.plugins.runners.template import render
 from lattice.plugins.workers import WorkerReads, WorkerSpec
 
@@ -62,7 +67,7 @@ class _ReadsHost:
 class LiveWorker:
     spec: WorkerSpec
     reads: WorkerReads
-    js: JsWorker | None = None
+    js: SandboxedJsWorker | None = None
     inflight: int = 0
     retired: bool = False
     _closed: bool = field(default=False, repr=False)
@@ -75,9 +80,17 @@ class LiveWorker:
 
 
 class WorkerRegistry:
-    def __init__(self, limits: JsLimits | None = None, *, inline_reads: bool = False) -> None:
+    def __init__(
+        self,
+        limits: JsLimits | None = None,
+        *,
+        inline_reads: bool = False,
+        max_concurrency: int = 8,
+    ) -> None:
         self.limits = limits or JsLimits()
         self._inline = inline_reads
+        #: JS requests running at once, over all workers
+        self._gate = asyncio.Semaphore(max_concurrency)
         self._workers: dict[str, LiveWorker] = {}
         self._lock = asyncio.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -98,12 +111,13 @@ class WorkerRegistry:
             raise Conflict(f"worker name {spec.name!r} is already served by {existing.spec.origin}")
         js = None
         if spec.kind == "js":
-            js = await JsWorker.create(
+            js = await SandboxedJsWorker.create(
                 name=spec.name,
                 source=spec.source,
                 bindings=spec.bindings,
                 host=_ReadsHost(reads, self._inline),
                 limits=self.limits,
+                gate=self._gate,
             )
         async with self._lock:
             current = self._workers.get(spec.name)
@@ -159,12 +173,11 @@ class WorkerRegistry:
                 path=path,
                 kv=reads.kv_get,
                 static=lambda b, p: _static_text(reads, b, p),
+                max_bytes=self.limits.max_response_bytes,
             ),
         )
         return WorkerResponse(
-            status=200,
-            headers=[("content-type", live.spec.content_type)],
-            body=body.encode("utf-8"),
+            status=200, headers=[("content-type", live.spec.content_type)], body=body
         )
 
     async def close(self) -> None:

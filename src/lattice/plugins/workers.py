@@ -19,6 +19,7 @@ from lattice.core.names import check_bucket, check_key, check_static_path, is_pl
 from lattice.errors import LatticeError, WorkerError
 from lattice.plugins.broker import Broker
 from lattice.plugins.runners.js import validate_bindings
+from lattice.plugins.runners.template import check_template
 from lattice.services.kv import KVStore
 from lattice.services.logs import PluginLogs
 from lattice.services.static import StaticStore, check_content_type
@@ -149,6 +150,8 @@ def validate_spec(
             )
     if kind == "template" and checked:
         raise WorkerError("template workers take no bindings; use {{kv:bucket/key}} instead")
+    if kind == "template":
+        check_template(source)
     ctype = content_type or (
         "text/plain; charset=utf-8" if kind == "template" else "application/octet-stream"
     )

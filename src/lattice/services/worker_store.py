@@ -27,6 +27,7 @@ class StoredWorker:
     revision: int
     created_at: str
     updated_at: str
+    deployed_by: str | None = None  # the actor whose scopes allowed its reads
 
 
 def _stored(row: Any) -> StoredWorker:
@@ -41,6 +42,7 @@ def _stored(row: Any) -> StoredWorker:
         revision=int(row.revision),
         created_at=row.created_at,
         updated_at=row.updated_at,
+        deployed_by=row.deployed_by,
     )
 
 
@@ -68,6 +70,7 @@ class SqlWorkerStore:
         bindings: dict[str, dict[str, str]],
         public: bool,
         content_type: str,
+        deployed_by: str | None = None,
     ) -> StoredWorker:
         now = now_iso()
         values = {
@@ -77,6 +80,7 @@ class SqlWorkerStore:
             "bindings": json.dumps(bindings, sort_keys=True),
             "public": public,
             "content_type": content_type,
+            "deployed_by": deployed_by,
             "updated_at": now,
         }
         with self._db.write() as conn:

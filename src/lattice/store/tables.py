@@ -231,4 +231,5 @@ workers = Table(
     Column("revision", Integer, nullable=False),
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
+    Column("deployed_by", String(160), nullable=True),  # actor whose scopes allowed its reads
 )

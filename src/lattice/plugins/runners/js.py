@@ -51,6 +51,7 @@ from typing import Any, Literal, Protocol
 
 from lattice.errors import LatticeError, PayloadTooLarge, WorkerError, WorkerTimeout
 from lattice.plugins.runners.js_engine import Isolate
+from lattice.plugins.runners.js_wire import MEMORY_MESSAGE
 
 __all__ = [
     "Binding",
@@ -73,7 +74,10 @@ _LOG_LEVELS = frozenset({"debug", "info", "warn", "error"})
 _BINDING_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}")
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_HEADER_VALUE_BAD = re.compile(r"[\r\n\x00]")
+#: what HTTP allows in a field value: HTAB, visible ASCII, space, obs-text (Latin-1)
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+#: V8's words when the process refuses an ArrayBuffer (the sandbox's RLIMIT_DATA)
+_ALLOCATION_FAILED = "Array buffer allocation failed"
 
 
 # ---- public data types -----------------------------------------------------------
@@ -425,6 +429,12 @@ class JsWorker:
         finally:
             self._release(isolate, reuse=run.settled)
 
+    def drop_idle(self) -> None:
+        """Close the idle isolates (they are made again on demand): frees their memory."""
+        idle, self._idle = self._idle, []
+        for isolate in idle:
+            isolate.close()
+
     async def close(self) -> None:
         """Release every idle isolate; busy ones are closed when their request ends."""
         self._closed = True
@@ -514,7 +524,11 @@ class JsWorker:
             if kind == "done":
                 return self._response(reply)
             if kind == "error":
-                await self._log("error", f"uncaught exception in fetch: {reply.get('stack', '')}")
+                stack = str(reply.get("stack", ""))
+                await self._log("error", f"uncaught exception in fetch: {stack}")
+                if _ALLOCATION_FAILED in stack:
+                    run.settled = False  # discard the isolate: its memory is exhausted
+                    raise WorkerError(MEMORY_MESSAGE)
                 raise WorkerError("worker threw an exception")
             if kind == "too_large":
                 raise WorkerError(
@@ -598,10 +612,19 @@ class JsWorker:
                 not isinstance(pair, list)
                 or len(pair) != 2
                 or not all(isinstance(p, str) for p in pair)
-                or not _HEADER_NAME.fullmatch(pair[0])
-                or _HEADER_VALUE_BAD.search(pair[1])
             ):
                 raise WorkerError("worker returned an invalid header")
+            if not _HEADER_NAME.fullmatch(pair[0]) or len(pair[0]) > 256:
+                raise WorkerError(
+                    f"worker returned an invalid header name {pair[0][:64]!r}",
+                    detail={"header": pair[0][:64]},
+                )
+            if not _HEADER_VALUE.fullmatch(pair[1]) or len(pair[1]) > 16384:
+                raise WorkerError(
+                    f"worker returned an invalid value for header {pair[0]!r} "
+                    "(control characters, or characters outside Latin-1)",
+                    detail={"header": pair[0]},
+                )
             headers.append((pair[0], pair[1]))
         encoded = reply.get("body")
         limit = self._limits.max_response_bytes
