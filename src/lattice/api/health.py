@@ -17,7 +17,7 @@ C = Annotated[Container, Depends(container)]
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, Any]:
+async def healthz() -> dict[str, Any]:
     return {"status": "ok"}
 
 

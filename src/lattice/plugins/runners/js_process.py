@@ -30,6 +30,7 @@ import contextlib
 import itertools
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -63,6 +64,9 @@ __all__ = ["Cooldown", "SandboxedJsWorker"]
 log = logging.getLogger(__name__)
 
 _STARTUP_S = 30.0  # interpreter + V8 start + module top level, on a loaded machine
+#: start the child niced, so even its interpreter start-up yields to the server
+#: (the child lowers its priority itself too, where ``nice`` is missing)
+_NICE: tuple[str, ...] = (_nice, "-n", "10") if (_nice := shutil.which("nice")) else ()
 _STDERR_LINES = 20
 
 
@@ -134,6 +138,7 @@ class _Child:
     @classmethod
     async def start(cls, owner: SandboxedJsWorker, init: dict[str, Any]) -> _Child:
         proc = await asyncio.create_subprocess_exec(
+            *_NICE,
             sys.executable,
             "-m",
             "lattice.plugins.runners.js_sandbox",

@@ -231,8 +231,9 @@ async def _run() -> None:
 
 def main() -> None:
     # Before any thread exists (V8 starts its own): every thread inherits it.
+    # Started through `nice` the process is at 10 already; never go past it.
     with contextlib.suppress(OSError):
-        os.nice(10)
+        os.nice(max(0, 10 - os.nice(0)))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_run())
 
