@@ -13,16 +13,14 @@ Layout: each non-hidden subdirectory ``<plugin_dir>/<bundle>/`` holds
 
 A bad bundle never stops a scan: LatticeError and OSError become a
 :class:`Rejection`.  When several verified bundles claim the same id (an
-unverified bundle cannot knock out a verified one), one may keep it:
-
-1. the bundle from the publisher on the id's lifecycle record (``owners``,
-   passed in by the platform), if exactly one bundle is from that publisher;
-2. else the bundle whose publisher's trust entry is namespace-bound, if
-   exactly one is;
-3. else all of them are rejected.
-
-The losers are rejected with a reason naming the bundle and publisher that won,
-so a squatting duplicate cannot take out the rightful plugin.  Audit events are written
+unverified bundle cannot knock out a verified one), the bundle from the
+publisher on the id's lifecycle record (``owners``, passed in by the platform)
+keeps it if exactly one bundle is from that publisher; the others are rejected
+with a reason naming the bundle and publisher that won.  Otherwise all of them
+are rejected.  So a squatting duplicate cannot take out the rightful plugin.
+(A namespace-bound publisher also beats an unbound one, earlier: the verifier
+refuses an id inside a bound namespace from anyone else, so such a squatter
+never reaches duplicate resolution.)  Audit events are written
 only when a bundle's outcome changes.  Reasons and audit details carry bundle
 directory names, never filesystem paths.  ``plugin_dir`` itself may be a symlink
 (operator configuration); nothing inside it may be.
@@ -373,8 +371,9 @@ class PluginLoader:
             os.close(dir_fd)
         return results
 
+    @classmethod
     def _reject_duplicates(
-        self, results: dict[str, LoadedPlugin | str], owners: Mapping[str, str]
+        cls, results: dict[str, LoadedPlugin | str], owners: Mapping[str, str]
     ) -> None:
         by_id: dict[str, list[LoadedPlugin]] = {}
         for outcome in results.values():
@@ -383,7 +382,7 @@ class PluginLoader:
         for pid, claims in by_id.items():
             if len(claims) < 2:
                 continue
-            winner, why = self._rightful(pid, claims, owners)
+            winner, why = cls._rightful(pid, claims, owners)
             for p in claims:
                 if p is winner:
                     continue
@@ -396,22 +395,18 @@ class PluginLoader:
                     others = ", ".join(repr(o.bundle) for o in claims if o is not p)
                     results[p.bundle] = f"duplicate plugin id {pid!r} (also in bundle {others})"
 
+    @staticmethod
     def _rightful(
-        self, pid: str, claims: list[LoadedPlugin], owners: Mapping[str, str]
+        pid: str, claims: list[LoadedPlugin], owners: Mapping[str, str]
     ) -> tuple[LoadedPlugin | None, str]:
         """The one claim that keeps a contested id, and why (see the module docstring)."""
-        # 1. the publisher the lifecycle record names
+        # 1. the publisher the lifecycle record names, if exactly one claim is from it
         owner = owners.get(pid)
         if owner is not None:
             recorded = [p for p in claims if p.manifest.publisher == owner]
             if len(recorded) == 1:
                 return recorded[0], "its publisher is the one on the plugin's record"
-        # 2. a publisher whose trust entry is bound to namespaces
-        bound = self.verifier.policy.namespaces
-        bound_claims = [p for p in claims if p.manifest.publisher in bound]
-        if len(bound_claims) == 1:
-            return bound_claims[0], "its publisher's trust entry binds this namespace"
-        # 3. no rightful claim: everyone loses
+        # 2. no rightful claim: everyone loses
         return None, ""
 
     def scan(self, owners: Mapping[str, str] | None = None) -> ScanDiff:
