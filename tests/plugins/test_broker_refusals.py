@@ -203,3 +203,22 @@ def test_the_typed_methods_refuse_and_audit_too(live: LiveServer) -> None:
         b.kv_put("k", "v")  # type: ignore[arg-type]
     reasons = [e["reason"] for e in denials(live, "plugin.host.kv.put")]
     assert reasons == ["value must be bytes", "key must be a string"]
+
+
+def test_unknown_methods_are_rate_limited_too(penv: PluginEnv) -> None:
+    penv.bundle(id="acme.probe", capabilities=("kv:read",))
+    live = penv.start(plugin_rate_limits="other=3/min")
+    try:
+        admin = live.admin()
+        for status in ("installed", "active"):
+            admin.post("/api/plugins/lifecycle", json={"id": "acme.probe", "status": status})
+        b = broker(live, "acme.probe")
+        for _ in range(3):
+            with pytest.raises(ValidationFailed, match="unknown host method"):
+                b.call("probe.x", {})
+        with pytest.raises(CapabilityDenied, match="rate limited"):
+            b.call("probe.x", {})
+        reasons = [e["reason"] for e in denials(live, "plugin.host.unknown")]
+        assert reasons[0] == "rate limited" and len(reasons) == 4
+    finally:
+        live.stop()

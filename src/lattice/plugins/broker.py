@@ -444,12 +444,15 @@ class Broker:
         return self._invoke(method, "", call, correlation_id)
 
     def _refuse_unknown(self, method: object, correlation_id: str | None) -> NoReturn:
-        """Deny and audit a call to a method that does not exist (armed check first)."""
-        reason = (
-            "plugin is not armed"
-            if not self.__armed
-            else f"unknown host method {_shown(method, 64)!r}"
-        )
+        """Deny and audit a call to a method that does not exist: armed, then the
+        rate limit (group ``other``), then the method."""
+        refused = not self.__armed or not self.__limits.allow(self.plugin_id, "unknown")
+        if not self.__armed:
+            reason = "plugin is not armed"
+        elif refused:
+            reason = "rate limited"
+        else:
+            reason = f"unknown host method {_shown(method, 64)!r}"
         self.__audit.append(
             actor=f"plugin:{self.plugin_id}",
             action="plugin.host.unknown",
@@ -459,7 +462,7 @@ class Broker:
             correlation_id=correlation_id or f"{_CID_PREFIX}-{next(_CID_COUNTER)}",
             detail={"plugin_id": self.plugin_id, "capability": ""},
         )
-        if not self.__armed:
+        if refused:
             raise CapabilityDenied(plugin_id=self.plugin_id, capability="", reason=reason)
         raise ValidationFailed(reason)
 
