@@ -123,9 +123,17 @@ def write_trust(
     *,
     allow_unsigned: bool = False,
     allow_unsigned_host_risk: bool = False,
+    namespaces: dict[str, list[str]] | None = None,
 ) -> Path:
+    """A trust file; publishers named in ``namespaces`` get the bound (object) form."""
+    bound = namespaces or {}
     doc = {
-        "trusted_publishers": {p.id: p.public_b64 for p in publishers},
+        "trusted_publishers": {
+            p.id: {"key": p.public_b64, "namespaces": bound[p.id]}
+            if p.id in bound
+            else p.public_b64
+            for p in publishers
+        },
         "allow_unsigned": allow_unsigned,
         "allow_unsigned_host_risk": allow_unsigned_host_risk,
     }

@@ -36,6 +36,14 @@ def _unknown_field(bundle: Path) -> None:
     write_manifest(bundle, m)
 
 
+def _v1_unsigned(bundle: Path) -> None:
+    """As the original Lattice writes an unsigned bundle: no publisher or signature."""
+    m = read_manifest(bundle)
+    del m["publisher"], m["signature_ed25519"]
+    m["entrypoint"] = ""
+    write_manifest(bundle, m)
+
+
 CASES: list[tuple[str, dict[str, object], Callable[[Path], None] | None]] = [
     ("good", {}, None),
     ("tampered artifact", {}, _tamper_artifact),
@@ -45,6 +53,10 @@ CASES: list[tuple[str, dict[str, object], Callable[[Path], None] | None]] = [
     ("untrusted publisher", {"untrusted": True}, None),
     ("unsigned", {"signed": False}, None),
     ("worker holding a host capability", {"type": "worker", "capabilities": ("task:run",)}, None),
+    ("v1 unsigned, optional fields absent", {}, _v1_unsigned),
+    ("name of hangul fillers", {"name": "\u3164\u3164"}, None),
+    ("name of a braille blank", {"name": "\u2800"}, None),
+    ("name of combining marks", {"name": "\u0301\u0308"}, None),
 ]
 
 

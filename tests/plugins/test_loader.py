@@ -181,6 +181,30 @@ def test_duplicate_ids_both_rejected(plugins: Path, pub: Publisher) -> None:
     assert sorted(sink.actions()) == [("plugin.rejected", b) for b in ("one", "three", "two")]
 
 
+def test_duplicate_ids_go_to_the_recorded_owner(plugins: Path, pub: Publisher) -> None:
+    other = make_publisher("other.dev")
+    signed(plugins, pub, id="same.id", bundle="one", artifact=b"1")
+    signed(plugins, other, id="same.id", bundle="two", artifact=b"2")
+    policy = TrustPolicy.from_json(
+        json.dumps({"trusted_publishers": {pub.id: pub.public_b64, other.id: other.public_b64}})
+    )
+    loader = PluginLoader(plugin_dir=plugins, verifier=Verifier(policy), audit=RecordingSink())
+    loader.scan()
+    assert loader.loaded == {}  # nobody on record: both lose
+    loader.scan({"same.id": "other.dev"})
+    assert loader.loaded["same.id"].bundle == "two"
+    assert reasons(loader) == {
+        "one": "duplicate plugin id 'same.id': bundle 'two' from publisher 'other.dev' keeps it "
+        "(its publisher is the one on the plugin's record); this bundle is from publisher "
+        "'acme.dev'"
+    }
+    loader.scan({"same.id": "nobody.dev"})  # the owner shipped neither: both lose again
+    assert loader.loaded == {}
+    signed(plugins, other, id="same.id", bundle="three", artifact=b"3")
+    loader.scan({"same.id": "other.dev"})  # two bundles from the owner: no rightful one
+    assert loader.loaded == {} and len(reasons(loader)) == 3
+
+
 def test_rescan_unchanged_audits_nothing(plugins: Path, pub: Publisher) -> None:
     signed(plugins, pub, id="good.one")
     make_bundle(plugins, id="bad.one", signed=False)

@@ -77,6 +77,7 @@ def test_policy_round_trip_and_flags(pub: Publisher, tmp_path: Path) -> None:
     assert p.to_dict()["trusted_publishers"] == {"acme.dev": pub.public_b64}
     assert p.to_public_dict() == {
         "trusted_publishers": ["acme.dev"],
+        "namespaces": {},
         "allow_unsigned": True,
         "allow_unsigned_host_risk": False,
         "insecure_flags": ["allow_unsigned"],

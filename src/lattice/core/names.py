@@ -1,4 +1,5 @@
-"""Validation of user-supplied names: KV buckets and keys, static paths.
+"""Validation of user-supplied names: KV buckets and keys, static paths, and
+display names (plugin names; reusable for token and channel names).
 
 Everything here raises :class:`ValidationFailed` with a message that says what
 rule the name broke.
@@ -7,6 +8,7 @@ rule the name broke.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from lattice.errors import ValidationFailed
 
@@ -15,6 +17,7 @@ __all__ = [
     "check_key",
     "check_listing_arg",
     "check_static_path",
+    "check_visible_name",
     "is_plugin_bucket",
 ]
 
@@ -101,4 +104,43 @@ def check_listing_arg(kind: str, value: str, *, max_len: int) -> str:
     if len(value) > max_len:
         raise ValidationFailed(f"{kind} must be at most {max_len} characters")
     _no_controls(kind, value)
+    return value
+
+
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+_ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")
+#: letters and symbols that render as nothing: Hangul fillers, the braille blank,
+#: the Khitan filler.  (Space look-alikes such as U+00A0, U+2000-U+200A, U+202F,
+#: U+205F, U+3000 and format characters such as U+00AD, U+180E are separators or
+#: "other" in Unicode, so the printable check refuses them already.)
+_BLANK_LOOKALIKES = frozenset("\u115f\u1160\u3164\uffa0\u2800\U00016fe4")
+_VISIBLE_CATEGORIES = ("L", "N", "P", "S")
+
+
+def _visible(ch: str) -> bool:
+    return ch not in _BLANK_LOOKALIKES and unicodedata.category(ch)[0] in _VISIBLE_CATEGORIES
+
+
+def check_visible_name(kind: str, value: str) -> str:
+    """A name a person reads (plugin, token, channel name): every character is
+    printable (no controls, bidi overrides, zero-width or format characters, no
+    space other than U+0020), no look-alike blank appears anywhere, and at least
+    one character is visible (a letter, digit, punctuation or symbol; combining
+    marks alone do not count).  Length limits are the caller's."""
+    for ch in value:
+        if ch in _BIDI:
+            raise ValidationFailed(f"{kind} contains bidi control character U+{ord(ch):04X}")
+        if ch in _ZERO_WIDTH:
+            raise ValidationFailed(f"{kind} contains zero-width character U+{ord(ch):04X}")
+        if not ch.isprintable():
+            raise ValidationFailed(f"{kind} contains non-printable character U+{ord(ch):04X}")
+        if ch in _BLANK_LOOKALIKES:
+            raise ValidationFailed(
+                f"{kind} contains U+{ord(ch):04X}, a character that renders blank"
+            )
+    if not any(_visible(ch) for ch in value):
+        raise ValidationFailed(
+            f"{kind} must not be blank: it needs a visible character "
+            "(a letter, digit, punctuation or symbol; not only spaces or combining marks)"
+        )
     return value

@@ -6,21 +6,27 @@ A ``Broker`` is built from a verified :class:`LoadedPlugin` and the server's
     1. the broker is armed (a disabled plugin's broker is detached)
     2. the capability is in the verified manifest            no → deny
     3. the per-plugin rate limit for the method group allows  no → deny
-    4. the service-specific guard and the service call (namespace, sizes, egress)
-    5. an audit event ``plugin.host.<method>`` allow|deny with the capability,
+    4. the arguments: types, sizes, parameter names           bad → deny
+    5. the service-specific guard and the service call (namespace, sizes, egress)
+    6. an audit event ``plugin.host.<method>`` allow|deny with the capability,
        reason and correlation id
 
+Every refusal is audited, a malformed call included: argument checks run inside
+the call ``_invoke`` makes after steps 1-3, and the audit target is computed from
+whatever the plugin passed without trusting its type (:func:`_shown`).  An
+unknown method is audited as ``plugin.host.unknown`` (after the armed check).
 A denied call never reaches the service.  Arguments and results are copied
 (bytes, fresh dicts), so a plugin never shares a mutable object with the server.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import secrets
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from lattice.core.audit import AuditQuery
 from lattice.core.auditsink import AuditSink
@@ -163,13 +169,16 @@ class Broker:
         # 3. rate limit for this plugin and method group
         if not self.__limits.allow(self.plugin_id, method):
             raise deny("rate limited")
-        # 4. guard + service
+        # 4. argument checks, then 5. guard + service (both inside ``call``)
         try:
             result = call(self.__host)
-        except LatticeError as exc:  # a guard refused (egress, names, sizes, ...)
+        except LatticeError as exc:  # bad arguments, or a guard refused (egress, names, ...)
             record("deny", exc.message)
             raise
-        # 5. allowed
+        except Exception as exc:  # never let a refusal go unaudited
+            record("deny", f"host call failed: {type(exc).__name__}")
+            raise
+        # 6. allowed
         record("allow", "")
         return result
 
@@ -194,11 +203,11 @@ class Broker:
     def kv_get(
         self, key: str, *, bucket: str | None = None, correlation_id: str | None = None
     ) -> bytes | None:
-        key = _text(key, "key")
-        target = f"{bucket}/{key}" if bucket else key
+        target = f"{_shown(bucket)}/{_shown(key)}" if bucket else _shown(key)
 
         def call(h: HostServices) -> bytes | None:
-            value = h.kv.get(self._read_bucket(bucket), check_key(key))
+            k = check_key(_text(key, "key"))
+            value = h.kv.get(self._read_bucket(_opt_text(bucket, "bucket")), k)
             return bytes(value) if value is not None else None
 
         return self._invoke("kv.get", target, call, correlation_id)
@@ -212,28 +221,28 @@ class Broker:
         limit: int = 100,
         correlation_id: str | None = None,
     ) -> tuple[list[str], str | None]:
-        prefix = _text(prefix, "prefix")
-        limit = _bounded_int(limit, "limit", 1, 1000)
-
         def call(h: HostServices) -> tuple[list[str], str | None]:
-            b = self._read_bucket(bucket)
-            keys, nxt = h.kv.list(b, prefix=prefix, cursor=cursor, limit=limit)
+            p = _text(prefix, "prefix")
+            n = _bounded_int(limit, "limit", 1, 1000)
+            c = _opt_text(cursor, "cursor")
+            b = self._read_bucket(_opt_text(bucket, "bucket"))
+            keys, nxt = h.kv.list(b, prefix=p, cursor=c, limit=n)
             return list(keys), nxt
 
-        return self._invoke("kv.list", prefix, call, correlation_id)
+        return self._invoke("kv.list", _shown(prefix), call, correlation_id)
 
     def kv_put(self, key: str, value: bytes, *, correlation_id: str | None = None) -> None:
-        key = _text(key, "key")
-        data = _bytes(value, "value")
-        self._invoke(
-            "kv.put", key, lambda h: h.kv.put(self._bucket, check_key(key), data), correlation_id
-        )
+        def call(h: HostServices) -> None:
+            k = check_key(_text(key, "key"))
+            h.kv.put(self._bucket, k, _bytes(value, "value"))
+
+        self._invoke("kv.put", _shown(key), call, correlation_id)
 
     def kv_delete(self, key: str, *, correlation_id: str | None = None) -> bool:
-        key = _text(key, "key")
-        return self._invoke(
-            "kv.delete", key, lambda h: h.kv.delete(self._bucket, check_key(key)), correlation_id
-        )
+        def call(h: HostServices) -> bool:
+            return h.kv.delete(self._bucket, check_key(_text(key, "key")))
+
+        return self._invoke("kv.delete", _shown(key), call, correlation_id)
 
     # -- logs -------------------------------------------------------------
 
@@ -245,14 +254,13 @@ class Broker:
         *,
         correlation_id: str | None = None,
     ) -> None:
-        level = _text(level, "level")
-        message = _text(message, "message", 1 << 20)
-        copied = _json_copy(dict(fields or {}), "fields")
-
         def call(h: HostServices) -> None:
-            h.logs.write(self.plugin_id, level, message, copied, correlation_id)
+            lv = _text(level, "level")
+            text = _text(message, "message", 1 << 20)
+            copied = _json_copy(_mapping(fields, "fields"), "fields")
+            h.logs.write(self.plugin_id, lv, text, copied, correlation_id)
 
-        self._invoke("log.write", level, call, correlation_id)
+        self._invoke("log.write", _shown(level, 32), call, correlation_id)
 
     def runtime_log(self, level: str, message: str, *, correlation_id: str | None = None) -> None:
         """A line from the plugin's runtime (console output, a stack trace).
@@ -279,18 +287,23 @@ class Broker:
         *,
         correlation_id: str | None = None,
     ) -> dict[str, Any]:
-        method = _text(method, "method").upper()
-        url = _text(url, "url", 8192)
-        hdrs = {_text(k, "header"): _text(v, "header") for k, v in dict(headers or {}).items()}
-        data = _bytes(body, "body") if body is not None else None
+        raw_url = url
+        url = _shown(raw_url, 8192)  # a string for the audit target, whatever was passed
 
         def call(h: HostServices) -> dict[str, Any]:
+            verb = _text(method, "method", 16).upper()
+            target_url = _text(raw_url, "url", 8192)
+            hdrs = {
+                _text(k, "header name"): _text(v, "header value")
+                for k, v in _mapping(headers, "headers").items()
+            }
+            data = _bytes(body, "body") if body is not None else None
+            if verb not in _HTTP_METHODS:
+                raise ValidationFailed(f"HTTP method {verb[:16]!r} is not allowed")
             if h.egress is None:
                 raise HostUnavailable("host service unavailable: http")
-            if method not in _HTTP_METHODS:
-                raise ValidationFailed(f"HTTP method {method!r} is not allowed")
             allow = h.policy.allow_hosts(self.plugin_id) if h.policy else None
-            resp = h.egress.request(method, url, headers=hdrs, body=data, allow_hosts=allow)
+            resp = h.egress.request(verb, target_url, headers=hdrs, body=data, allow_hosts=allow)
             return {
                 "status": int(resp.status),
                 "headers": [(str(k), str(v)) for k, v in resp.headers],
@@ -310,25 +323,26 @@ class Broker:
         *,
         correlation_id: str | None = None,
     ) -> None:
-        title = _text(title, "title", MAX_TITLE)
-        text = _text(body, "body", MAX_BODY)
-        tag_list = [_text(t, "tag", 64) for t in list(tags or [])]
-        if len(tag_list) > MAX_TAGS:
-            raise ValidationFailed(f"at most {MAX_TAGS} tags")
-
         def call(h: HostServices) -> None:
+            head = _text(title, "title", MAX_TITLE)
+            text = _text(body, "body", MAX_BODY)
+            if tags is not None and not isinstance(tags, list | tuple):
+                raise ValidationFailed("tags must be a list of strings")
+            if len(tags or ()) > MAX_TAGS:
+                raise ValidationFailed(f"at most {MAX_TAGS} tags")
+            tag_list = [_text(t, "tag", 64) for t in tags or ()]
             if h.notify is None:
                 raise HostUnavailable("host service unavailable: notify")
-            h.notify.send(title=title, body=text, tags=tag_list, source=f"plugin:{self.plugin_id}")
+            h.notify.send(title=head, body=text, tags=tag_list, source=f"plugin:{self.plugin_id}")
 
-        self._invoke("notify.send", title[:128], call, correlation_id)
+        self._invoke("notify.send", _shown(title, 128), call, correlation_id)
 
     # -- static: confined to the buckets the operator granted ----------------
 
     def _static_bucket(self, h: HostServices, bucket: str | None, *, read: bool = False) -> str:
         if h.static is None:
             raise HostUnavailable("host service unavailable: static")
-        chosen = bucket or self._bucket
+        chosen = _opt_text(bucket, "bucket") or self._bucket
         if read and self.__type == "worker":
             return self._read_bucket(chosen)
         granted = h.policy.static_buckets(self.plugin_id) if h.policy else [self._bucket]
@@ -339,15 +353,14 @@ class Broker:
     def static_read(
         self, path: str, *, bucket: str | None = None, correlation_id: str | None = None
     ) -> tuple[bytes, str] | None:
-        path = _text(path, "path")
-
         def call(h: HostServices) -> tuple[bytes, str] | None:
+            p = check_static_path(_text(path, "path"))
             b = self._static_bucket(h, bucket, read=True)
             assert h.static is not None
-            obj = h.static.get(b, check_static_path(path))
+            obj = h.static.get(b, p)
             return (bytes(obj.data), obj.content_type) if obj else None
 
-        return self._invoke("static.read", path, call, correlation_id)
+        return self._invoke("static.read", _shown(path), call, correlation_id)
 
     def static_list(
         self,
@@ -358,16 +371,16 @@ class Broker:
         limit: int = 100,
         correlation_id: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        prefix = _text(prefix, "prefix")
-        limit = _bounded_int(limit, "limit", 1, 1000)
-
         def call(h: HostServices) -> tuple[list[dict[str, Any]], str | None]:
+            p = _text(prefix, "prefix")
+            n = _bounded_int(limit, "limit", 1, 1000)
+            c = _opt_text(cursor, "cursor")
             b = self._static_bucket(h, bucket, read=True)
             assert h.static is not None
-            objs, nxt = h.static.list(b, prefix=prefix, cursor=cursor, limit=limit)
+            objs, nxt = h.static.list(b, prefix=p, cursor=c, limit=n)
             return [o.meta() for o in objs], nxt
 
-        return self._invoke("static.list", prefix, call, correlation_id)
+        return self._invoke("static.list", _shown(prefix), call, correlation_id)
 
     def static_write(
         self,
@@ -378,42 +391,39 @@ class Broker:
         bucket: str | None = None,
         correlation_id: str | None = None,
     ) -> dict[str, Any]:
-        path = _text(path, "path")
-        blob = _bytes(data, "data")
-        ctype = _text(content_type, "content_type", 255)
-
         def call(h: HostServices) -> dict[str, Any]:
+            p = check_static_path(_text(path, "path"))
+            blob = _bytes(data, "data")
+            ctype = _text(content_type, "content_type", 255)
             b = self._static_bucket(h, bucket)
             assert h.static is not None
-            return h.static.put(b, check_static_path(path), blob, ctype).meta()
+            return h.static.put(b, p, blob, ctype).meta()
 
-        return self._invoke("static.write", path, call, correlation_id)
+        return self._invoke("static.write", _shown(path), call, correlation_id)
 
     def static_delete(
         self, path: str, *, bucket: str | None = None, correlation_id: str | None = None
     ) -> bool:
-        path = _text(path, "path")
-
         def call(h: HostServices) -> bool:
+            p = check_static_path(_text(path, "path"))
             b = self._static_bucket(h, bucket)
             assert h.static is not None
-            return h.static.delete(b, check_static_path(path))
+            return h.static.delete(b, p)
 
-        return self._invoke("static.delete", path, call, correlation_id)
+        return self._invoke("static.delete", _shown(path), call, correlation_id)
 
     # -- audit: read-only, paged, bounded ------------------------------------
 
     def audit_query(
         self, filters: Mapping[str, Any] | None = None, *, correlation_id: str | None = None
     ) -> dict[str, Any]:
-        f = _json_copy(dict(filters or {}), "filters")
-        allowed = {"action_prefix", "actor", "decision", "target", "since", "until", "cursor"}
-        unknown = set(f) - allowed - {"limit"}
-        if unknown:
-            raise ValidationFailed(f"unknown audit filter {sorted(unknown)[0]!r}")
-        limit = _bounded_int(f.pop("limit", 50), "limit", 1, MAX_AUDIT_PAGE)
-
         def call(h: HostServices) -> dict[str, Any]:
+            f = _json_copy(_mapping(filters, "filters"), "filters")
+            allowed = {"action_prefix", "actor", "decision", "target", "since", "until", "cursor"}
+            unknown = set(f) - allowed - {"limit"}
+            if unknown:
+                raise ValidationFailed(f"unknown audit filter {sorted(unknown)[0][:64]!r}")
+            limit = _bounded_int(f.pop("limit", 50), "limit", 1, MAX_AUDIT_PAGE)
             if h.audit_reader is None:
                 raise HostUnavailable("host service unavailable: audit")
             events, nxt = h.audit_reader.query(AuditQuery(limit=limit, **f))
@@ -425,19 +435,39 @@ class Broker:
 
     def unbound(self, method: str, *, correlation_id: str | None = None) -> Any:
         """Call one of the named methods that has no host service yet."""
-        if method not in METHODS:
-            raise ValidationFailed(f"unknown host method {method!r}")
+        if not isinstance(method, str) or method not in METHODS:
+            self._refuse_unknown(method, correlation_id)
 
         def call(_h: HostServices) -> Any:
             raise HostUnavailable(f"host service unavailable: {method}")
 
         return self._invoke(method, "", call, correlation_id)
 
-    def call(
-        self, method: str, params: Mapping[str, Any], *, correlation_id: str | None = None
-    ) -> Any:
-        """Dispatch a JSON-style call (``{"method": "kv.get", "params": {...}}``)."""
-        handlers: dict[str, Callable[..., Any]] = {
+    def _refuse_unknown(self, method: object, correlation_id: str | None) -> NoReturn:
+        """Deny and audit a call to a method that does not exist: armed, then the
+        rate limit (group ``other``), then the method."""
+        refused = not self.__armed or not self.__limits.allow(self.plugin_id, "unknown")
+        if not self.__armed:
+            reason = "plugin is not armed"
+        elif refused:
+            reason = "rate limited"
+        else:
+            reason = f"unknown host method {_shown(method, 64)!r}"
+        self.__audit.append(
+            actor=f"plugin:{self.plugin_id}",
+            action="plugin.host.unknown",
+            target=_shown(method, 128),
+            decision="deny",
+            reason=reason,
+            correlation_id=correlation_id or f"{_CID_PREFIX}-{next(_CID_COUNTER)}",
+            detail={"plugin_id": self.plugin_id, "capability": ""},
+        )
+        if refused:
+            raise CapabilityDenied(plugin_id=self.plugin_id, capability="", reason=reason)
+        raise ValidationFailed(reason)
+
+    def _handlers(self) -> dict[str, Callable[..., Any]]:
+        return {
             "kv.get": self.kv_get,
             "kv.list": self.kv_list,
             "kv.put": self.kv_put,
@@ -451,15 +481,83 @@ class Broker:
             "static.delete": self.static_delete,
             "audit.query": self.audit_query,
         }
-        if method not in METHODS:
-            raise ValidationFailed(f"unknown host method {method!r}")
-        handler = handlers.get(method)
+
+    def call(self, method: str, params: Any, *, correlation_id: str | None = None) -> Any:
+        """Dispatch a JSON-style call (``{"method": "kv.get", "params": {...}}``).
+
+        Malformed calls (unknown method, params not an object, unknown or missing
+        parameter names) are denied and audited after the armed, capability and
+        rate-limit checks, like any other refusal.
+        """
+        if not isinstance(method, str) or method not in METHODS:
+            self._refuse_unknown(method, correlation_id)
+        handler = self._handlers().get(method)
         if handler is None:
             return self.unbound(method, correlation_id=correlation_id)
-        try:
-            return handler(**dict(params), correlation_id=correlation_id)
-        except TypeError as exc:
-            raise ValidationFailed(f"bad parameters for {method}: {exc}") from None
+        problem = _bad_params(method, handler, params)
+        if problem is not None:
+
+            def refuse(_h: HostServices) -> Any:
+                raise ValidationFailed(f"bad parameters for {method}: {problem}")
+
+            return self._invoke(method, "", refuse, correlation_id)
+        return handler(**params, correlation_id=correlation_id)
+
+
+def _bad_params(method: str, handler: Callable[..., Any], params: Any) -> str | None:
+    """Why ``params`` cannot be passed to ``handler`` (None when they can)."""
+    if not isinstance(params, Mapping):
+        return "params must be an object"
+    accepted, required = _signature(method, handler)
+    for name in params:
+        if not isinstance(name, str) or name not in accepted:
+            return f"unknown parameter {_shown(name, 64)!r}"
+    missing = sorted(required - set(params))
+    if missing:
+        return f"missing parameter {missing[0]!r}"
+    return None
+
+
+_SIGNATURES: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+
+
+def _signature(method: str, handler: Callable[..., Any]) -> tuple[frozenset[str], frozenset[str]]:
+    """(accepted, required) parameter names of a handler, excluding correlation_id."""
+    cached = _SIGNATURES.get(method)
+    if cached is None:
+        params = [
+            p
+            for p in inspect.signature(handler).parameters.values()
+            if p.name != "correlation_id" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        cached = (
+            frozenset(p.name for p in params),
+            frozenset(p.name for p in params if p.default is p.empty),
+        )
+        _SIGNATURES[method] = cached
+    return cached
+
+
+def _shown(value: object, limit: int = 512) -> str:
+    """An audit target from a possibly malformed argument: a string is cut to
+    ``limit`` characters, anything else is named by its type only."""
+    if isinstance(value, str):
+        return value[:limit]
+    if value is None:
+        return ""
+    return f"<{type(value).__name__}>"[:limit]
+
+
+def _opt_text(value: Any, name: str, limit: int = 4096) -> str | None:
+    return None if value is None else _text(value, name, limit)
+
+
+def _mapping(value: Any, name: str) -> dict[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationFailed(f"{name} must be an object")
+    return dict(value)
 
 
 def _text(value: Any, name: str, limit: int = 4096) -> str:

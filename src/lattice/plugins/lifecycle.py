@@ -6,11 +6,17 @@ States and the only transitions allowed::
     verified -> installed -> active -> disabled -> active
                           \\-> disabled
 
-Re-consent: installing records the digest and capability set the operator
-agreed to.  When a later scan finds the same id with a different digest or
-capability set, the record gets ``review_required``; an active plugin is moved
-to ``disabled``; activation then needs ``approve_digest`` equal to the current
-digest.
+Re-consent: installing (and activating with ``approve_digest``) records the
+whole identity the operator agreed to: publisher, type, entrypoint, artifact
+digest and capability set.  When a later scan finds the same id with any of
+those changed, the record gets ``review_required``; an active plugin is moved to
+``disabled``; activation then needs ``approve_digest`` equal to the current
+digest.  ``review`` in the API names each change.
+
+Records approved before publisher, type and entrypoint were recorded (migration
+0007) have them filled from the record by the migration (publisher, type) or
+adopted from the bundle by the first scan that finds digest, capabilities,
+publisher and type as approved (entrypoint, which was not stored before).
 
 Concurrency: every transition is a compare-and-set on the prior status inside
 one write transaction, under a per-plugin lock; two racing requests cannot both
@@ -56,10 +62,14 @@ class LifecycleRecord:
     type: str
     version: str
     publisher: str
+    entrypoint: str
     capabilities: list[str]
     digest_sha256: str
     approved_digest: str | None
     approved_capabilities: list[str] | None
+    approved_publisher: str | None
+    approved_type: str | None
+    approved_entrypoint: str | None
     status: str
     review_required: bool
     created_at: str
@@ -75,6 +85,46 @@ class LifecycleRecord:
         now, then = set(self.capabilities), set(self.approved_capabilities)
         return {"added": sorted(now - then), "removed": sorted(then - now)}
 
+    def changes(self) -> list[str]:
+        """What differs from the approved identity (empty without an approval)."""
+        if self.approved_digest is None:
+            return []
+        return _changed(
+            approved=(
+                self.approved_digest,
+                self.approved_capabilities,
+                self.approved_publisher,
+                self.approved_type,
+                self.approved_entrypoint,
+            ),
+            current=(
+                self.digest_sha256,
+                self.capabilities,
+                self.publisher,
+                self.type,
+                self.entrypoint,
+            ),
+        )
+
+    def review(self) -> dict[str, Any] | None:
+        """What the operator is asked to approve again, field by field."""
+        if not self.review_required:
+            return None
+        changed = self.changes()
+
+        def pair(name: str, then: str | None, now: str) -> dict[str, str | None] | None:
+            return {"approved": then, "current": now} if name in changed else None
+
+        return {
+            "changed": changed,
+            "approved_digest": self.approved_digest,
+            "digest": pair("digest", self.approved_digest, self.digest_sha256),
+            "capabilities": self.capability_diff(),
+            "publisher": pair("publisher", self.approved_publisher, self.publisher),
+            "type": pair("type", self.approved_type, self.type),
+            "entrypoint": pair("entrypoint", self.approved_entrypoint, self.entrypoint),
+        }
+
     def to_public_dict(self, *, available: bool) -> dict[str, Any]:
         """The API shape: no bundle location, ever."""
         return {
@@ -83,19 +133,13 @@ class LifecycleRecord:
             "type": self.type,
             "version": self.version,
             "publisher": self.publisher,
+            "entrypoint": self.entrypoint,
             "capabilities": list(self.capabilities),
             "digest_sha256": self.digest_sha256,
             "available": available,
             "status": self.status,
             "review_required": self.review_required,
-            "review": (
-                {
-                    "approved_digest": self.approved_digest,
-                    "capabilities": self.capability_diff(),
-                }
-                if self.review_required
-                else None
-            ),
+            "review": self.review(),
             "created_at": self.created_at,
             "verified_at": self.verified_at,
             "installed_at": self.installed_at,
@@ -105,6 +149,55 @@ class LifecycleRecord:
         }
 
 
+#: the identity fields consent covers, in the order ``review.changed`` lists them
+IDENTITY = ("digest", "capabilities", "publisher", "type", "entrypoint")
+
+
+def _changed(
+    *,
+    approved: tuple[str, list[str] | None, str | None, str | None, str | None],
+    current: tuple[str, list[str], str, str, str],
+) -> list[str]:
+    """Names of the identity fields whose current value differs from the approved
+    one.  An approved value of None (not recorded yet, see the module docstring)
+    counts as unchanged."""
+    out = []
+    for name, then, now in zip(IDENTITY, approved, current, strict=True):
+        if name == "capabilities":
+            differs = sorted(then or []) != sorted(now)
+        else:
+            differs = then is not None and then != now
+        if differs:
+            out.append(name)
+    return out
+
+
+def _row_changes(row: Any, plugin: LoadedPlugin) -> list[str]:
+    m = plugin.manifest
+    return _changed(
+        approved=(
+            row.approved_digest,
+            json.loads(row.approved_capabilities or "[]"),
+            row.approved_publisher,
+            row.approved_type,
+            row.approved_entrypoint,
+        ),
+        current=(plugin.digest_sha256, _caps(plugin), m.publisher, m.type, m.entrypoint),
+    )
+
+
+def _approval(record: LifecycleRecord) -> dict[str, Any]:
+    """The columns that record consent to ``record``'s current identity."""
+    return {
+        "approved_digest": record.digest_sha256,
+        "approved_capabilities": json.dumps(record.capabilities),
+        "approved_publisher": record.publisher,
+        "approved_type": record.type,
+        "approved_entrypoint": record.entrypoint,
+        "review_required": False,
+    }
+
+
 def _record(row: Any) -> LifecycleRecord:
     return LifecycleRecord(
         id=row.id,
@@ -112,12 +205,16 @@ def _record(row: Any) -> LifecycleRecord:
         type=row.type,
         version=row.version,
         publisher=row.publisher,
+        entrypoint=row.entrypoint,
         capabilities=json.loads(row.capabilities),
         digest_sha256=row.digest_sha256,
         approved_digest=row.approved_digest,
         approved_capabilities=(
             json.loads(row.approved_capabilities) if row.approved_capabilities else None
         ),
+        approved_publisher=row.approved_publisher,
+        approved_type=row.approved_type,
+        approved_entrypoint=row.approved_entrypoint,
         status=row.status,
         review_required=bool(row.review_required),
         created_at=row.created_at,
@@ -168,6 +265,21 @@ class LifecycleRegistry:
             raise NotFound(f"no plugin with id {plugin_id!r}")
         return str(value)
 
+    def owners(self) -> dict[str, str]:
+        """id -> the publisher a record stands for: the approved one when the
+        operator consented, else the one last verified.  The loader uses it to
+        settle duplicate ids."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                select(plugins.c.id, plugins.c.publisher, plugins.c.approved_publisher)
+            ).all()
+        return {
+            str(r.id): str(
+                r.approved_publisher if r.approved_publisher is not None else r.publisher
+            )
+            for r in rows
+        }
+
     # -- following the loader ----------------------------------------------
 
     def sync(self, loaded: Mapping[str, LoadedPlugin]) -> list[str]:
@@ -190,6 +302,7 @@ class LifecycleRegistry:
             "type": m.type,
             "version": m.version,
             "publisher": m.publisher,
+            "entrypoint": m.entrypoint,
             "capabilities": json.dumps(_caps(plugin)),
             "digest_sha256": plugin.digest_sha256,
             "bundle": plugin.bundle,
@@ -209,16 +322,26 @@ class LifecycleRegistry:
                     )
                 )
                 return False
+            consented = row.approved_digest is not None
+            legacy = consented and (
+                row.approved_publisher is None
+                or row.approved_type is None
+                or row.approved_entrypoint is None
+            )
             unchanged = all(getattr(row, k) == v for k, v in identity.items())
-            if unchanged:
+            if unchanged and not legacy:
                 return False
             changes: dict[str, Any] = {**identity, "verified_at": now, "updated_at": now}
-            consented = row.approved_digest is not None
-            differs = consented and (
-                row.approved_digest != plugin.digest_sha256
-                or json.loads(row.approved_capabilities or "[]") != _caps(plugin)
-            )
+            changed = _row_changes(row, plugin) if consented else []
+            differs = bool(changed)
             disarm = False
+            if legacy and not differs:  # approved before 0007: adopt what was approved
+                adopted = {
+                    "approved_publisher": m.publisher,
+                    "approved_type": m.type,
+                    "approved_entrypoint": m.entrypoint,
+                }
+                changes.update({k: v for k, v in adopted.items() if getattr(row, k) is None})
             if differs:
                 changes["review_required"] = True
                 if row.status == "active":
@@ -233,12 +356,19 @@ class LifecycleRegistry:
                 action="plugin.review_required",
                 target=plugin.id,
                 decision="deny",
-                reason="bundle changed since the operator approved it",
+                reason="bundle changed since the operator approved it: " + ", ".join(changed),
                 detail={
+                    "changed": changed,
                     "approved_digest": row.approved_digest,
                     "digest_sha256": plugin.digest_sha256,
                     "capabilities": _caps(plugin),
                     "approved_capabilities": json.loads(row.approved_capabilities or "[]"),
+                    "publisher": m.publisher,
+                    "approved_publisher": row.approved_publisher,
+                    "type": m.type,
+                    "approved_type": row.approved_type,
+                    "entrypoint": m.entrypoint,
+                    "approved_entrypoint": row.approved_entrypoint,
                 },
             )
         if disarm:
@@ -305,6 +435,7 @@ class LifecycleRegistry:
                         "to": status,
                         "review_required": True,
                         "capabilities": record.capability_diff(),
+                        "review": record.review(),
                     },
                 )
             if approve_digest is not None and approve_digest != record.digest_sha256:
@@ -315,11 +446,7 @@ class LifecycleRegistry:
             now = now_iso()
             values: dict[str, Any] = {"status": status, "updated_at": now, _STAMP[status]: now}
             if status == "installed" or approve_digest is not None:
-                values.update(
-                    approved_digest=record.digest_sha256,
-                    approved_capabilities=json.dumps(record.capabilities),
-                    review_required=False,
-                )
+                values.update(_approval(record))
             with self._db.write() as conn:
                 result = conn.execute(
                     update(plugins)

@@ -12,8 +12,15 @@ Layout: each non-hidden subdirectory ``<plugin_dir>/<bundle>/`` holds
 4. hand both to the :class:`~lattice.plugins.trust.Verifier`.
 
 A bad bundle never stops a scan: LatticeError and OSError become a
-:class:`Rejection`.  Two verified bundles claiming the same id are both rejected
-(an unverified bundle cannot knock out a verified one).  Audit events are written
+:class:`Rejection`.  When several verified bundles claim the same id (an
+unverified bundle cannot knock out a verified one), the bundle from the
+publisher on the id's lifecycle record (``owners``, passed in by the platform)
+keeps it if exactly one bundle is from that publisher; the others are rejected
+with a reason naming the bundle and publisher that won.  Otherwise all of them
+are rejected.  So a squatting duplicate cannot take out the rightful plugin.
+(A namespace-bound publisher also beats an unbound one, earlier: the verifier
+refuses an id inside a bound namespace from anyone else, so such a squatter
+never reaches duplicate resolution.)  Audit events are written
 only when a bundle's outcome changes.  Reasons and audit details carry bundle
 directory names, never filesystem paths.  ``plugin_dir`` itself may be a symlink
 (operator configuration); nothing inside it may be.
@@ -291,6 +298,11 @@ class ScanDiff:
         return any((self.added, self.changed, self.removed, self.rejected, self.cleared))
 
 
+def _who(p: LoadedPlugin) -> str:
+    publisher = p.manifest.publisher
+    return f"publisher {publisher!r}" if publisher else "no publisher (unsigned)"
+
+
 def _fingerprint(p: LoadedPlugin) -> tuple[str, Manifest, str]:
     return (p.bundle, p.manifest, p.digest_sha256)
 
@@ -359,24 +371,54 @@ class PluginLoader:
             os.close(dir_fd)
         return results
 
-    @staticmethod
-    def _reject_duplicates(results: dict[str, LoadedPlugin | str]) -> None:
-        by_id: dict[str, list[str]] = {}
-        for bundle, outcome in results.items():
+    @classmethod
+    def _reject_duplicates(
+        cls, results: dict[str, LoadedPlugin | str], owners: Mapping[str, str]
+    ) -> None:
+        by_id: dict[str, list[LoadedPlugin]] = {}
+        for outcome in results.values():
             if isinstance(outcome, LoadedPlugin):
-                by_id.setdefault(outcome.id, []).append(bundle)
-        for pid, bundles in by_id.items():
-            if len(bundles) > 1:
-                for b in bundles:
-                    others = ", ".join(repr(o) for o in bundles if o != b)
-                    results[b] = f"duplicate plugin id {pid!r} (also in bundle {others})"
+                by_id.setdefault(outcome.id, []).append(outcome)
+        for pid, claims in by_id.items():
+            if len(claims) < 2:
+                continue
+            winner, why = cls._rightful(pid, claims, owners)
+            for p in claims:
+                if p is winner:
+                    continue
+                if winner is not None:
+                    results[p.bundle] = (
+                        f"duplicate plugin id {pid!r}: bundle {winner.bundle!r} from "
+                        f"{_who(winner)} keeps it ({why}); this bundle is from {_who(p)}"
+                    )
+                else:
+                    others = ", ".join(repr(o.bundle) for o in claims if o is not p)
+                    results[p.bundle] = f"duplicate plugin id {pid!r} (also in bundle {others})"
 
-    def scan(self) -> ScanDiff:
-        """Rescan plugin_dir; audit and return what changed."""
+    @staticmethod
+    def _rightful(
+        pid: str, claims: list[LoadedPlugin], owners: Mapping[str, str]
+    ) -> tuple[LoadedPlugin | None, str]:
+        """The one claim that keeps a contested id, and why (see the module docstring)."""
+        # 1. the publisher the lifecycle record names, if exactly one claim is from it
+        owner = owners.get(pid)
+        if owner is not None:
+            recorded = [p for p in claims if p.manifest.publisher == owner]
+            if len(recorded) == 1:
+                return recorded[0], "its publisher is the one on the plugin's record"
+        # 2. no rightful claim: everyone loses
+        return None, ""
+
+    def scan(self, owners: Mapping[str, str] | None = None) -> ScanDiff:
+        """Rescan plugin_dir; audit and return what changed.
+
+        ``owners`` maps plugin ids to the publisher on their lifecycle record; it
+        decides duplicate ids (see the module docstring).
+        """
         with self._lock:
             now = datetime.now(UTC)
             results = self._read_all()
-            self._reject_duplicates(results)
+            self._reject_duplicates(results, owners or {})
             new_loaded = {o.id: o for o in results.values() if isinstance(o, LoadedPlugin)}
             new_rejected: dict[str, Rejection] = {}
             fresh: list[Rejection] = []
@@ -453,6 +495,7 @@ class PluginLoader:
         stop: threading.Event,
         on_change: Callable[[ScanDiff], None],
         *,
+        owners: Callable[[], Mapping[str, str]] | None = None,
         debounce_ms: int = 500,
         poll_seconds: float = 1.0,
     ) -> None:
@@ -465,7 +508,7 @@ class PluginLoader:
 
         def rescan() -> None:
             try:
-                diff = self.scan()
+                diff = self.scan(owners() if owners is not None else None)
             except LatticeError as exc:
                 log.warning("plugin rescan failed: %s", exc)
                 return

@@ -8,18 +8,26 @@ Field rules (v1):
 
 * ``id``, ``publisher``: 3-128 characters of ``[a-z0-9.-]``, starting and ending
   alphanumeric, no ``..``.  ``publisher`` may be empty (unsigned bundle).
-* ``name``: 1-80 printable characters, not blank; control, bidi-override/isolate
-  and zero-width characters are refused by name.
+* ``name``: 1-80 characters passing :func:`lattice.core.names.check_visible_name`:
+  printable, no control, bidi-override/isolate, zero-width or format characters,
+  no look-alike blank (U+3164, U+2800, ...) and at least one visible character.
 * ``type``: ``system``, ``wasm`` or ``worker``.
 * ``capabilities``: non-empty list, each known, unique and allowed for the type.
 * ``version``: ``[0-9A-Za-z][0-9A-Za-z.+-]{0,63}``.
-* ``entrypoint``: 1-128 characters of ``[A-Za-z0-9._:/-]``, no ``..``, not starting
-  with ``/``.  It names something inside the artifact for the runner (a module, an
-  export, ``module:function``); it is never joined to a server path.
+* ``entrypoint``: empty, or up to 128 characters of ``[A-Za-z0-9._:/-]``, no ``..``,
+  not starting with ``/``.  It names something inside the artifact for the runner (a
+  module, an export, ``module:function``); it is never joined to a server path.  Empty
+  is valid in the manifest (Lattice v1 writes it so); a runner that needs one refuses
+  to start the plugin.
 * ``digest_sha256``: exactly 64 *lowercase* hex characters.  Uppercase is refused:
   the digest is part of the signed payload, so it has one spelling.
 * ``signature_ed25519``: empty (unsigned) or at most 128 characters of standard
   base64; the verifier decodes it and requires exactly 64 bytes.
+
+Optional on input: ``publisher`` and ``signature_ed25519`` may be absent, which
+means empty (the original Lattice v1 omits them from unsigned bundles); every
+other field is required.  :meth:`Manifest.to_json` always writes all nine, and
+the signing payload is the same either way.
 
 Signed vs unsigned: a manifest with both ``publisher`` and ``signature_ed25519``
 empty is unsigned.  A manifest that names a publisher must verify against that
@@ -40,11 +48,13 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from lattice.errors import ManifestError
+from lattice.core.names import check_visible_name
+from lattice.errors import ManifestError, ValidationFailed
 from lattice.plugins.capabilities import PLUGIN_TYPES, check_capabilities
 
 __all__ = [
     "FIELDS",
+    "OPTIONAL_FIELDS",
     "SIGNING_DOMAIN",
     "Manifest",
     "check_identifier",
@@ -63,15 +73,15 @@ FIELDS: tuple[str, ...] = (
     "digest_sha256",
     "signature_ed25519",
 )
+#: fields that may be absent on input, meaning ""
+OPTIONAL_FIELDS: tuple[str, ...] = ("publisher", "signature_ed25519")
 SIGNING_DOMAIN = "lattice-plugin-manifest-v1"
 
 _IDENT = re.compile(r"[a-z0-9][a-z0-9.-]{1,126}[a-z0-9]")
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,63}")
-_ENTRYPOINT = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+_ENTRYPOINT = re.compile(r"[A-Za-z0-9._:/-]{0,128}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _SIGNATURE = re.compile(r"[A-Za-z0-9+/]{0,126}={0,2}")
-_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
-_ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")
 _NAME_MAX = 80
 
 
@@ -87,15 +97,10 @@ def check_identifier(value: str, field: str) -> None:
 def _check_name(name: str) -> None:
     if not 1 <= len(name) <= _NAME_MAX:
         raise ManifestError(f"name must be 1-{_NAME_MAX} characters, got {len(name)}")
-    for ch in name:
-        if ch in _BIDI:
-            raise ManifestError(f"name contains bidi control character U+{ord(ch):04X}")
-        if ch in _ZERO_WIDTH:
-            raise ManifestError(f"name contains zero-width character U+{ord(ch):04X}")
-        if not ch.isprintable():
-            raise ManifestError(f"name contains non-printable character U+{ord(ch):04X}")
-    if not name.strip():
-        raise ManifestError("name must not be blank")
+    try:
+        check_visible_name("name", name)
+    except ValidationFailed as exc:
+        raise ManifestError(exc.message) from None
 
 
 def _reject_constant(token: str) -> Any:
@@ -190,8 +195,8 @@ class Manifest:
             or self.entrypoint.startswith("/")
         ):
             raise ManifestError(
-                f"entrypoint {self.entrypoint[:140]!r} must be 1-128 characters of "
-                "[A-Za-z0-9._:/-], not absolute, and not contain '..'"
+                f"entrypoint {self.entrypoint[:140]!r} must be empty or up to 128 "
+                "characters of [A-Za-z0-9._:/-], not absolute, and not contain '..'"
             )
         if not _DIGEST.fullmatch(self.digest_sha256):
             raise ManifestError("digest_sha256 must be 64 lowercase hex characters")
@@ -217,15 +222,16 @@ class Manifest:
 
     @classmethod
     def from_mapping(cls, obj: dict[str, Any]) -> Manifest:
-        """Validate an already-decoded JSON object (exact v1 field set)."""
-        missing = [f for f in FIELDS if f not in obj]
+        """Validate an already-decoded JSON object (exact v1 field set; the
+        optional fields default to "")."""
+        missing = [f for f in FIELDS if f not in obj and f not in OPTIONAL_FIELDS]
         if missing:
             raise ManifestError(f"manifest is missing field(s): {', '.join(missing)}")
         unknown = sorted(k for k in obj if k not in FIELDS)
         if unknown:
             shown = ", ".join(repr(k[:64]) for k in unknown[:5])
             raise ManifestError(f"manifest has unknown field(s): {shown}")
-        return cls(**obj)
+        return cls(**{f: obj.get(f, "") for f in FIELDS})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in canonical field order."""

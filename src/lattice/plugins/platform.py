@@ -6,6 +6,12 @@ The API talks to this object only.  It keeps three things consistent:
 * the lifecycle records (what the operator decided, persisted),
 * the runtime (which plugins are armed with a broker).
 
+One rule arms plugins, at startup and on every rescan alike: a record that is
+``active`` and not waiting for review, whose bundle is in the verified set, is
+armed if it is not armed already (and re-armed if its bundle changed), so a
+bundle removed or corrupted and then restored serves again.  Posting ``active``
+to an active plugin that is not armed arms it too.
+
 Per-plugin operations are serialized by a lock so that a status change and
 its arm/stop happen together.
 """
@@ -17,7 +23,7 @@ import threading
 from typing import Any
 
 from lattice.core.auditsink import AuditSink
-from lattice.errors import RunnerError
+from lattice.errors import LifecycleError, RunnerError
 from lattice.plugins.lifecycle import LifecycleRecord, LifecycleRegistry
 from lattice.plugins.loader import PluginLoader, ScanDiff
 from lattice.plugins.runtime import RuntimeManager
@@ -63,14 +69,10 @@ class PluginPlatform:
                 flag,
             )
         self.rescan(actor="system")
-        for plugin_id in self.registry.ids_with_status("active"):
-            with self._lock(plugin_id):
-                if self.runtime.broker(plugin_id) is None:
-                    self._rearm(plugin_id, actor="system")
 
     def rescan(self, *, actor: str) -> ScanDiff:
         with self._scan_lock:
-            diff = self.loader.scan()
+            diff = self.loader.scan(self.registry.owners())
             self._apply(diff, actor=actor)
             return diff
 
@@ -86,12 +88,18 @@ class PluginPlatform:
                 with self._lock(plugin_id):
                     if self.runtime.broker(plugin_id) is not None:
                         self.runtime.stop(plugin_id, "bundle no longer verified")
-            for plugin_id in diff.changed:
-                if plugin_id in disarmed:
+            records = {r.id: r for r in self.registry.all()}
+            for plugin_id in loaded:
+                record = records.get(plugin_id)
+                if plugin_id in disarmed or record is None:
+                    continue
+                if record.status != "active" or record.review_required:
                     continue
                 with self._lock(plugin_id):
-                    record = self.registry.get(plugin_id)
-                    if record.status == "active" and not record.review_required:
+                    record = self.registry.get(plugin_id)  # again, under the plugin's lock
+                    if record.status != "active" or record.review_required:
+                        continue
+                    if plugin_id in diff.changed or self.runtime.broker(plugin_id) is None:
                         self._rearm(plugin_id, actor=actor)
             if diff:
                 self._audit.append(
@@ -157,6 +165,16 @@ class PluginPlatform:
                 current=current,
                 approve_digest=approve_digest,
             )
+            if prior is None and status == "active" and self.runtime.broker(plugin_id) is None:
+                # active but not armed (its bundle came back, or arming was lost): arm now
+                if current is None:
+                    raise LifecycleError(
+                        f"plugin {plugin_id!r} is not available: its bundle is not in the "
+                        "current verified loader set",
+                        plugin_id=plugin_id,
+                        detail={"from": "active", "to": "active", "available": False},
+                    )
+                prior = "active"
             if prior is not None:
                 if status == "active":
                     try:
@@ -187,4 +205,4 @@ class PluginPlatform:
             except Exception:  # a failing rescan must not kill the watcher
                 log.exception("applying a plugin rescan after a file change failed")
 
-        self.loader.watch(stop, on_change)
+        self.loader.watch(stop, on_change, owners=self.registry.owners)

@@ -2,9 +2,19 @@
 
 Policy file (JSON, strict; every field optional, defaults fail closed)::
 
-    {"trusted_publishers": {"<publisher id>": "<standard base64 of a 32-byte Ed25519 key>"},
+    {"trusted_publishers": {
+        "<publisher id>": "<standard base64 of a 32-byte Ed25519 key>",
+        "<publisher id>": {"key": "<base64 key>", "namespaces": ["acme.", "dev.acme"]}},
      "allow_unsigned": false,
      "allow_unsigned_host_risk": false}
+
+A publisher entry is either its key (unbound: it may ship any id no other entry
+reserves) or an object with exactly ``key`` and ``namespaces`` (bound: it may ship
+only ids inside its namespaces).  A namespace ending in ``.`` or ``-`` covers the
+ids that start with it (``acme.`` covers ``acme.x``); any other namespace covers
+that id and the ids below it (``dev.acme`` covers ``dev.acme`` and ``dev.acme.x``,
+not ``dev.acmex``).  Namespaces also reserve: an id inside a bound publisher's
+namespace is refused from any other publisher and from unsigned bundles.
 
 No file means :meth:`TrustPolicy.default`: no trusted publishers, both flags false,
 so every bundle is refused.  ``allow_unsigned`` admits unsigned bundles without
@@ -45,13 +55,36 @@ __all__ = [
     "Verification",
     "Verifier",
     "b64decode_exact",
+    "check_namespace",
     "decode_public_key",
+    "namespace_covers",
 ]
 
 INSECURE_FLAGS: tuple[str, ...] = ("allow_unsigned", "allow_unsigned_host_risk")
 MAX_POLICY_BYTES = 1024 * 1024
 _HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
 _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9.-]{0,127}")
+_ENTRY_FIELDS = frozenset({"key", "namespaces"})
+MAX_NAMESPACES = 64
+
+
+def check_namespace(value: object) -> str:
+    """Validate one id prefix from a trust entry; raises ConfigError."""
+    if not isinstance(value, str) or not _NAMESPACE.fullmatch(value) or ".." in value:
+        shown = repr(value[:64]) if isinstance(value, str) else type(value).__name__
+        raise ConfigError(
+            f"trust policy: namespace {shown} must be 1-128 characters of [a-z0-9.-], "
+            "start alphanumeric, and not contain '..'"
+        )
+    return value
+
+
+def namespace_covers(namespace: str, plugin_id: str) -> bool:
+    """Whether ``plugin_id`` is inside ``namespace`` (see the module docstring)."""
+    if namespace.endswith((".", "-")):
+        return plugin_id.startswith(namespace) and len(plugin_id) > len(namespace)
+    return plugin_id == namespace or plugin_id.startswith(namespace + ".")
 
 
 def b64decode_exact(text: str, size: int) -> bytes:
@@ -81,6 +114,8 @@ class TrustPolicy:
     trusted_publishers: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
     allow_unsigned: bool = False
     allow_unsigned_host_risk: bool = False
+    #: publisher id -> the id prefixes it is bound to (absent: unbound)
+    namespaces: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         for name in INSECURE_FLAGS:
@@ -96,6 +131,12 @@ class TrustPolicy:
                 raise ConfigError(f"trust policy: key for {publisher!r} must be 32 bytes")
             keys[publisher] = key
         object.__setattr__(self, "trusted_publishers", MappingProxyType(keys))
+        bound: dict[str, tuple[str, ...]] = {}
+        for publisher, prefixes in dict(self.namespaces).items():
+            if publisher not in keys:
+                raise ConfigError(f"trust policy: namespaces for unknown publisher {publisher!r}")
+            bound[publisher] = _check_namespaces(publisher, prefixes)
+        object.__setattr__(self, "namespaces", MappingProxyType(bound))
 
     @classmethod
     def default(cls) -> TrustPolicy:
@@ -115,11 +156,29 @@ class TrustPolicy:
         publishers = obj.get("trusted_publishers", {})
         if not isinstance(publishers, dict):
             raise ConfigError("trust policy field 'trusted_publishers' must be an object")
-        keys = {p: decode_public_key(p, k) for p, k in publishers.items()}
+        keys: dict[str, bytes] = {}
+        bound: dict[str, tuple[str, ...]] = {}
+        for publisher, entry in publishers.items():
+            if isinstance(entry, dict):
+                label = repr(publisher[:64])
+                unknown_keys = sorted(k for k in entry if k not in _ENTRY_FIELDS)
+                if unknown_keys:
+                    shown = ", ".join(repr(k[:64]) for k in unknown_keys[:5])
+                    raise ConfigError(
+                        f"trust policy: entry for {label} has unknown field(s): {shown}"
+                    )
+                if "key" not in entry:
+                    raise ConfigError(f"trust policy: entry for {label} needs a 'key'")
+                keys[publisher] = decode_public_key(publisher, entry["key"])
+                if "namespaces" in entry:
+                    bound[publisher] = _check_namespaces(publisher, entry["namespaces"])
+            else:
+                keys[publisher] = decode_public_key(publisher, entry)
         return cls(
             trusted_publishers=keys,
             allow_unsigned=obj.get("allow_unsigned", False),
             allow_unsigned_host_risk=obj.get("allow_unsigned_host_risk", False),
+            namespaces=bound,
         )
 
     @classmethod
@@ -144,12 +203,28 @@ class TrustPolicy:
     def public_key_b64(self, publisher: str) -> str:
         return base64.b64encode(self.trusted_publishers[publisher]).decode()
 
+    def owners_of(self, plugin_id: str) -> tuple[str, ...]:
+        """The bound publishers whose namespaces cover ``plugin_id``."""
+        return tuple(
+            sorted(
+                p
+                for p, prefixes in self.namespaces.items()
+                if any(namespace_covers(n, plugin_id) for n in prefixes)
+            )
+        )
+
+    def _entry(self, publisher: str) -> str | dict[str, Any]:
+        if publisher in self.namespaces:
+            return {
+                "key": self.public_key_b64(publisher),
+                "namespaces": list(self.namespaces[publisher]),
+            }
+        return self.public_key_b64(publisher)
+
     def to_dict(self) -> dict[str, Any]:
-        """The file form (keys as standard base64)."""
+        """The file form (keys as standard base64; bound publishers as objects)."""
         return {
-            "trusted_publishers": {
-                p: self.public_key_b64(p) for p in sorted(self.trusted_publishers)
-            },
+            "trusted_publishers": {p: self._entry(p) for p in sorted(self.trusted_publishers)},
             "allow_unsigned": self.allow_unsigned,
             "allow_unsigned_host_risk": self.allow_unsigned_host_risk,
         }
@@ -158,6 +233,7 @@ class TrustPolicy:
         """API form: publisher names and flags, no key material."""
         return {
             "trusted_publishers": sorted(self.trusted_publishers),
+            "namespaces": {p: list(self.namespaces[p]) for p in sorted(self.namespaces)},
             "allow_unsigned": self.allow_unsigned,
             "allow_unsigned_host_risk": self.allow_unsigned_host_risk,
             "insecure_flags": list(self.insecure_flags()),
@@ -179,6 +255,21 @@ def decode_public_key(publisher: object, key: object) -> bytes:
         return b64decode_exact(key, 32)
     except ValueError as exc:
         raise ConfigError(f"trust policy: key for {label} is invalid: {exc}") from exc
+
+
+def _check_namespaces(publisher: str, prefixes: object) -> tuple[str, ...]:
+    label = repr(publisher[:64])
+    if not isinstance(prefixes, list | tuple) or not prefixes:
+        raise ConfigError(
+            f"trust policy: namespaces for {label} must be a non-empty list of id prefixes "
+            "(leave the field out for a publisher that may ship any id)"
+        )
+    if len(prefixes) > MAX_NAMESPACES:
+        raise ConfigError(f"trust policy: at most {MAX_NAMESPACES} namespaces for {label}")
+    checked = tuple(check_namespace(n) for n in prefixes)
+    if len(set(checked)) != len(checked):
+        raise ConfigError(f"trust policy: duplicate namespace for {label}")
+    return checked
 
 
 def _strerror(exc: OSError) -> str:
@@ -227,7 +318,9 @@ class Verifier:
         # 2. Unsigned bundles: each insecure allowance must be switched on explicitly.
         else:
             self._check_unsigned(manifest)
-        # 3. The artifact is the one the (authenticated) manifest names.
+        # 3. The id is inside the publisher's namespaces and nobody else's.
+        self._check_namespace(manifest)
+        # 4. The artifact is the one the (authenticated) manifest names.
         if not hmac.compare_digest(
             actual_sha256_hex.encode("ascii", "replace"), manifest.digest_sha256.encode()
         ):
@@ -235,7 +328,7 @@ class Verifier:
                 "artifact digest mismatch: manifest digest_sha256 does not match the artifact",
                 plugin_id=pid,
             )
-        # 4. Every check passed.
+        # 5. Every check passed.
         return Verification(
             manifest=manifest,
             digest_sha256=manifest.digest_sha256,
@@ -269,6 +362,26 @@ class Verifier:
             raise VerificationError(
                 f"signature invalid for publisher {publisher!r}", plugin_id=pid
             ) from exc
+
+    def _check_namespace(self, manifest: Manifest) -> None:
+        pid, publisher = manifest.id, manifest.publisher
+        # 3a. a bound publisher ships only ids inside its namespaces
+        own = self.policy.namespaces.get(publisher) if publisher else None
+        if own is not None and not any(namespace_covers(n, pid) for n in own):
+            raise VerificationError(
+                f"plugin id {pid!r} is outside the namespaces of publisher {publisher!r} "
+                f"({', '.join(own)})",
+                plugin_id=pid,
+            )
+        # 3b. an id inside a bound publisher's namespace comes only from that publisher
+        owners = self.policy.owners_of(pid)
+        if owners and publisher not in owners:
+            who = f"publisher {publisher!r}" if publisher else "an unsigned bundle"
+            raise VerificationError(
+                f"plugin id {pid!r} is in the namespace of publisher "
+                f"{', '.join(repr(o) for o in owners)}; {who} may not ship it",
+                plugin_id=pid,
+            )
 
     def _check_unsigned(self, manifest: Manifest) -> None:
         pid = manifest.id

@@ -132,6 +132,11 @@ plugins = Table(
     Column("digest_sha256", String(64), nullable=False),  # as last verified
     Column("approved_digest", String(64), nullable=True),  # what the operator consented to
     Column("approved_capabilities", Text, nullable=True),  # JSON list
+    # 0007: consent covers publisher, type and entrypoint too (NULL: not recorded yet)
+    Column("entrypoint", String(128), nullable=False, server_default=""),  # as last verified
+    Column("approved_publisher", String(128), nullable=True),
+    Column("approved_type", String(16), nullable=True),
+    Column("approved_entrypoint", String(128), nullable=True),
     Column("status", String(16), nullable=False),
     Column("review_required", Boolean, nullable=False, default=False),
     Column("bundle", String(255), nullable=False),  # server-private bundle directory name
