@@ -825,9 +825,68 @@ def test_credentials_dropped_across_origins(
     assert guard.request("GET", server.url("/go"), headers=CREDENTIALS).status == 200
     assert server.hits[0].headers["authorization"] == "Bearer secret"
     landed = server2.hits[0].headers
-    assert landed["x-keep"] == "yes"
-    for name in ("authorization", "cookie", "proxy-authorization"):
+    for name in ("authorization", "cookie", "proxy-authorization", "x-keep"):
         assert name not in landed
+
+
+#: credential-like and custom headers: none may reach another origin
+PRIVATE_HEADERS = {
+    "Authorization": "Bearer secret",
+    "Cookie": "sid=secret",
+    "Proxy-Authorization": "Basic secret",
+    "X-Api-Key": "key-secret",
+    "X-Auth-Token": "token-secret",
+    "X-Amz-Security-Token": "aws-secret",
+    "Api-Key": "plain-secret",
+    "X-Custom-Thing": "anything",
+    "Origin": "http://lattice.internal",
+    "Referer": "http://lattice.internal/private",
+}
+#: what may cross: how to answer, not who asks
+SAFE_HEADERS = {
+    "Accept": "application/json",
+    "Accept-Language": "en",
+    "User-Agent": "lattice-test",
+    "Cache-Control": "no-cache",
+}
+
+
+@pytest.mark.parametrize(("status", "keeps_body"), [(302, False), (307, True), (308, True)])
+def test_only_the_safe_allowlist_crosses_origins(
+    status: int,
+    keeps_body: bool,
+    server: LocalServer,
+    server2: LocalServer,
+    make_guard: GuardFactory,
+) -> None:
+    server.redirect("/go", server2.url("/land"), status=status)
+    guard = make_guard(server.port, server2.port)
+    headers = {**PRIVATE_HEADERS, **SAFE_HEADERS, "Content-Type": "application/json"}
+    assert guard.request("POST", server.url("/go"), headers=headers, body=b"{}").status == 200
+    sent = server.hits[0].headers
+    assert all(sent[name.lower()] == value for name, value in headers.items())
+    (landed,) = server2.hits
+    for name in PRIVATE_HEADERS:
+        assert name.lower() not in landed.headers, name
+    for name, value in SAFE_HEADERS.items():
+        assert landed.headers[name.lower()] == value
+    if keeps_body:  # the body and what describes it go together
+        assert (landed.method, landed.body) == ("POST", b"{}")
+        assert landed.headers["content-type"] == "application/json"
+    else:
+        assert (landed.method, landed.body) == ("GET", b"")
+        assert "content-type" not in landed.headers
+
+
+def test_same_origin_redirect_keeps_every_header(
+    server: LocalServer, make_guard: GuardFactory
+) -> None:
+    server.redirect("/go", "/land", status=307)
+    guard = make_guard(server.port)
+    headers = {**PRIVATE_HEADERS, **SAFE_HEADERS}
+    guard.request("GET", server.url("/go"), headers=headers)
+    landed = server.hits[1].headers
+    assert all(landed[name.lower()] == value for name, value in headers.items())
 
 
 def test_credentials_kept_on_same_origin(server: LocalServer, make_guard: GuardFactory) -> None:

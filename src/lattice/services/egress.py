@@ -17,7 +17,8 @@ How a hop is made safe (``EgressGuard._hop``):
    deadline (``_DeadlineStream``), so a trickling server cannot outlast
    ``total_timeout``; the response body is streamed and cut at the size cap.
 
-Redirects are followed here (never by httpx), each hop going through 1-4 again.
+Redirects are followed here (never by httpx), each hop going through 1-4 again;
+on a hop to another origin only ``CROSS_ORIGIN_HEADERS`` are sent along.
 httpx/httpcore exceptions are translated to ``EgressBlocked`` at this edge.
 """
 
@@ -54,6 +55,7 @@ from lattice.services.egress_policy import (
 )
 
 __all__ = [
+    "CROSS_ORIGIN_HEADERS",
     "EgressGuard",
     "EgressPolicy",
     "EgressResponse",
@@ -66,7 +68,22 @@ log = logging.getLogger(__name__)
 
 #: sent unless the caller sets the same header; Accept-Encoding is not overridable
 _DEFAULT_HEADERS = (("User-Agent", "lattice-egress/1"), ("Accept", "*/*"))
-_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+#: the only request headers that follow a redirect to another origin: they say
+#: how to answer, never who is asking.  Authorization, Cookie, API-key and any
+#: custom header stay with the origin they were meant for.  The Content-*
+#: ones go only while the body goes too (307/308); a rewrite to GET drops them.
+CROSS_ORIGIN_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "cache-control",
+        "pragma",
+        "user-agent",
+        "content-type",
+        "content-language",
+        "content-encoding",
+    }
+)
 _BODY_HEADERS = frozenset({"content-type", "content-encoding", "content-language"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -305,10 +322,15 @@ class EgressGuard:
         headers: Mapping[str, str] | None = None,
         body: bytes | None = None,
         allow_hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
     ) -> EgressResponse:
-        """Send one request (following redirects); any refusal raises EgressBlocked."""
+        """Send one request (following redirects); any refusal raises EgressBlocked.
+
+        ``timeout`` may shorten (never lengthen) the policy's ``total_timeout``.
+        """
         policy = self._policy
-        deadline = time.monotonic() + policy.total_timeout
+        budget = policy.total_timeout if timeout is None else min(timeout, policy.total_timeout)
+        deadline = time.monotonic() + max(0.0, budget)
         # 1. everything that needs no network is checked before anything is dialled
         method = check_method(method, url)
         hosts = None if allow_hosts is None else validate_allow_hosts(allow_hosts)
@@ -332,8 +354,9 @@ class EgressGuard:
             status, location = response
             target = self._next_target(target, location)
             if target.origin != origin:
-                # credentials never follow a redirect to another origin, even back
-                pairs = [(k, v) for k, v in pairs if k.lower() not in _CREDENTIAL_HEADERS]
+                # only the safe allowlist crosses origins; what is dropped stays
+                # dropped, even if a later hop comes back
+                pairs = [(k, v) for k, v in pairs if k.lower() in CROSS_ORIGIN_HEADERS]
             if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
                 method, body = "GET", None
                 pairs = [(k, v) for k, v in pairs if k.lower() not in _BODY_HEADERS]
