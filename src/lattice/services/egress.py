@@ -298,6 +298,10 @@ class EgressGuard:
         # both redirects and headers.  No environment proxies (trust_env=False).
         self._transport = _PinnedTransport(_ssl_context(verify), httpx.Limits())
 
+    @property
+    def policy(self) -> EgressPolicy:
+        return self._policy
+
     def __enter__(self) -> EgressGuard:
         return self
 
@@ -323,10 +327,12 @@ class EgressGuard:
         body: bytes | None = None,
         allow_hosts: Sequence[str] | None = None,
         timeout: float | None = None,
+        follow_redirects: bool = True,
     ) -> EgressResponse:
         """Send one request (following redirects); any refusal raises EgressBlocked.
 
-        ``timeout`` may shorten (never lengthen) the policy's ``total_timeout``.
+        ``timeout`` may shorten (never lengthen) the policy's ``total_timeout``;
+        with ``follow_redirects=False`` a redirect is returned as it came.
         """
         policy = self._policy
         budget = policy.total_timeout if timeout is None else min(timeout, policy.total_timeout)
@@ -346,7 +352,7 @@ class EgressGuard:
         # 2. one hop per iteration; each hop re-runs every check
         for hop in range(policy.max_redirects + 1):
             check_host_allowed(target, hosts)
-            response = self._hop(method, target, pairs, body, deadline)
+            response = self._hop(method, target, pairs, body, deadline, follow_redirects)
             if isinstance(response, EgressResponse):
                 return response
             if hop == policy.max_redirects:
@@ -412,6 +418,7 @@ class EgressGuard:
         headers: list[tuple[str, str]],
         body: bytes | None,
         deadline: float,
+        follow: bool = True,
     ) -> EgressResponse | tuple[int, str]:
         """One checked request; a redirect comes back as (status, location)."""
         addresses = self._resolve(target, deadline)
@@ -431,7 +438,7 @@ class EgressGuard:
             response = self._transport.handle_request(request)
             try:
                 location = response.headers.get("location")
-                if response.status_code in _REDIRECTS and location is not None:
+                if follow and response.status_code in _REDIRECTS and location is not None:
                     return response.status_code, location
                 data = self._read_capped(response, method, target, deadline)
             finally:
