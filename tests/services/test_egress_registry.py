@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lattice.errors import EgressBlocked
 from lattice.services.egress_policy import check_address
@@ -207,3 +209,19 @@ def test_nat64_local_use_layouts_are_all_read() -> None:
     assert denied(address)
     # a /96 sub-prefix carrying a public address stays open
     assert not denied(ipaddress.IPv6Address("64:ff9b:1:abcd:1::808:808"))
+
+
+@given(st.ip_addresses(v=4), st.sampled_from(["::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96"]))
+def test_low_32_bit_forms_are_judged_like_the_ipv4_address(
+    v4: ipaddress.IPv4Address, prefix: str
+) -> None:
+    address = ipaddress.IPv6Address(int(ipaddress.IPv6Network(prefix).network_address) | int(v4))
+    assert denied(address) == denied(v4) == expected_denied(v4)
+
+
+@given(st.ip_addresses(v=4), st.integers(min_value=0, max_value=2**80 - 1))
+def test_6to4_is_judged_like_the_ipv4_address_whatever_follows(
+    v4: ipaddress.IPv4Address, rest: int
+) -> None:
+    address = ipaddress.IPv6Address((0x2002 << 112) | (int(v4) << 80) | rest)
+    assert denied(address) == denied(v4)
