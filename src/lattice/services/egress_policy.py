@@ -161,6 +161,12 @@ SPECIAL_V6 = _table(
     ("ff00::/8", Rule.DENY, "multicast"),
 )
 _GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
 
 DENIED_V4: tuple[ipaddress.IPv4Network, ...] = tuple(
     net
@@ -223,14 +229,6 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The primary IPv4 address an IPv6 translation address carries, or None."""
     found = embedded_ipv4s(ip)
     return found[0] if found else None
-
-
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
-_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
-_TEREDO = ipaddress.IPv6Network("2001::/32")
 
 
 def _denied(ip: IPAddress) -> bool:
