@@ -613,3 +613,17 @@ def test_a_channel_that_turns_tls_verification_off_gets_its_own_guard() -> None:
         first = http.guard(verify=False)
         assert first is not main and http.guard(verify=False) is first and made == [first]
         http.close()
+
+
+def test_an_unreachable_allowed_channel_is_retried_not_reported_as_blocked(env: Env) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    svc = env.service(ports=f"80,443,{port}", max_attempts=2)
+    svc.start()
+    svc.create_channel(name="down", url=f"json://127.0.0.1:{port}/x", actor="tester")
+    d = _final(env, svc, svc.send(title="t", body="b", tags=[], source="unit"))
+    assert d["status"] == "failed" and d["attempts"] == 2
+    assert not d["last_error"].startswith("egress blocked")

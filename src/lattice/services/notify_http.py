@@ -20,11 +20,13 @@ requests' own: other users of requests in the process are unaffected.  Apprise
 runs a service on its own worker threads with a copy of the caller's context,
 so a service it abandons on timeout stays guarded too.
 
-A refusal is raised into the plugin as :class:`EgressRefused` (a requests
-``ConnectionError``, which plugins catch and report as a failed send) and kept
-on the attempt; :meth:`Attempt.check` raises the first one as ``EgressBlocked``
-after Apprise returns, so a refused hop fails the delivery whatever the plugin
-made of it.  Non-HTTP services (SMTP, syslog, ...) do not pass through here;
+A policy refusal is raised into the plugin as :class:`EgressRefused` (a
+requests ``ConnectionError``, which plugins catch and report as a failed send)
+and kept on the attempt (a timeout or a failed connect to an allowed place is
+raised as requests' own error and left to Apprise to report and retry);
+:meth:`Attempt.check` raises the first refusal as ``EgressBlocked`` after
+Apprise returns, so a refused hop fails the delivery whatever the plugin made
+of it.  Non-HTTP services (SMTP, syslog, ...) do not pass through here;
 they keep the destination pre-check only (``notify_worker.check_destinations``).
 """
 
@@ -51,6 +53,10 @@ from lattice.services.egress_policy import Category, blocked
 
 __all__ = ["Attempt", "EgressRefused", "GuardedAdapter", "GuardedHTTP", "install"]
 
+#: failures to reach an allowed place, reported to the plugin as requests' own
+#: errors (Apprise words and retries them as before); every other category is
+#: a policy refusal and fails the attempt as ``egress blocked``
+_TRANSPORT = frozenset({Category.TIMEOUT, Category.CONNECT, Category.TLS, Category.DNS})
 #: set by requests itself; the guard frames the request and asks for identity
 _GUARD_OWNED = frozenset({"content-length", "accept-encoding", "connection", "transfer-encoding"})
 
@@ -183,6 +189,10 @@ class GuardedAdapter(requests.adapters.BaseAdapter):
                 follow_redirects=_FOLLOW.get(),
             )
         except EgressBlocked as exc:
+            if exc.category == Category.TIMEOUT:
+                raise requests.exceptions.Timeout(exc.reason, request=request) from None
+            if exc.category in _TRANSPORT:
+                raise requests.exceptions.ConnectionError(exc.reason, request=request) from None
             attempt.record(exc)
             raise EgressRefused(exc.message, request=request) from None
         return _response(request, answer, self)
