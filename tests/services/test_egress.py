@@ -1155,3 +1155,22 @@ def test_https_by_ip_literal_is_verified_against_the_ip(
     guard = make_guard(srv.port, verify=str(pki.ca_file))
     with pytest.raises(EgressBlocked, match=r"^egress blocked: tls"):
         guard.request("GET", f"https://127.0.0.1:{srv.port}/")
+
+
+def test_a_redirect_can_be_handed_back_instead_of_followed(
+    server: LocalServer, server2: LocalServer, make_guard: GuardFactory
+) -> None:
+    server.redirect("/go", server2.url("/land"), status=307)
+    guard = make_guard(server.port, server2.port)
+    response = guard.request("GET", server.url("/go"), follow_redirects=False)
+    assert response.status == 307 and ("location", server2.url("/land")) in response.headers
+    assert server2.accepted == 0
+
+
+def test_a_shorter_timeout_caps_the_total(server: LocalServer, make_guard: GuardFactory) -> None:
+    server.route("/slow", _trickle_body)
+    guard = make_guard(server.port, total_timeout=30.0)
+    started = time.monotonic()
+    with pytest.raises(EgressBlocked, match="timeout"):
+        guard.request("GET", server.url("/slow"), timeout=0.5)
+    assert time.monotonic() - started < 20.0  # far below the policy's 30 s
