@@ -126,6 +126,7 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
         retry_base_seconds=settings.notify_retry_base_seconds,
         max_attempts=settings.notify_max_attempts,
         timeout_seconds=settings.notify_timeout_seconds,
+        egress=egress,
     )
     host_audit = BufferedAudit(audit)
     host = HostServices(

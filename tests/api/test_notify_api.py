@@ -256,3 +256,47 @@ def test_no_secret_in_server_logs(
     assert final_delivery(c, mid)["status"] == "delivered"
     assert caplog.records
     assert SECRET not in caplog.text and TG_TOKEN not in caplog.text
+
+
+def test_a_redirect_to_a_port_the_policy_never_opened_is_not_delivered(
+    srv: LiveServer, receiver: Receiver
+) -> None:
+    # the server opens 127.0.0.1/32 and the receiver's port only
+    other = Receiver()
+    try:
+        receiver.redirects["/hop"] = (307, other.http_url("/landed"))
+        c = srv.admin()
+        made = create(c, name="hop", url=receiver.url("/hop", userinfo=f"user:{SECRET}"))
+        mid = c.post("/api/notify/test", json={"channel_id": made["id"]}).json()["message_id"]
+        d = final_delivery(c, mid)
+        assert d["status"] == "failed" and d["attempts"] == 1
+        assert d["last_error"] == f"egress blocked: port {other.port} not allowed"
+        assert [r["path"] for r in receiver.requests] == ["/hop"]
+        assert other.requests == [] and other.accepted == 0
+        events = c.get("/api/audit", params={"action": "notify.delivery"}).json()["events"]
+        assert events[0]["decision"] == "deny" and events[0]["reason"] == d["last_error"]
+    finally:
+        other.close()
+
+
+def test_a_redirect_the_channel_refuses_to_follow_is_not_followed(
+    settings_factory: Any, receiver: Receiver
+) -> None:
+    other = Receiver()
+    settings = settings_factory(
+        egress_allow_cidrs="127.0.0.1/32",
+        egress_allow_ports=f"80,443,{receiver.port},{other.port}",
+        notify_max_attempts=1,
+    )
+    srv = start_server(settings)
+    try:
+        receiver.redirects["/stay"] = (307, other.http_url("/landed"))
+        c = srv.admin()
+        made = create(c, name="stay", url=receiver.url("/stay") + "?redirect=no")
+        mid = c.post("/api/notify/test", json={"channel_id": made["id"]}).json()["message_id"]
+        d = final_delivery(c, mid)
+        assert d["status"] == "failed"
+        assert other.requests == [] and other.accepted == 0
+    finally:
+        srv.stop()
+        other.close()

@@ -54,6 +54,11 @@ class _Server(http.server.ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.hits: list[Hit] = []
         self.routes: dict[str, Route] = {}
+        self.accepted = 0
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        self.accepted += 1
+        return super().get_request()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients hanging up mid-trickle are expected
@@ -113,6 +118,10 @@ class LocalServer:
     @property
     def hits(self) -> list[Hit]:
         return self.httpd.hits
+
+    @property
+    def accepted(self) -> int:
+        return self.httpd.accepted
 
     def url(self, path: str = "/", scheme: str = "http", host: str | None = None) -> str:
         name = host or (f"[{self.host}]" if ":" in self.host else self.host)
@@ -288,32 +297,60 @@ def test_guard_is_a_context_manager(server: LocalServer) -> None:
 # ------------------------------------------------ names and numeric forms
 
 
-@pytest.mark.parametrize(
-    ("host", "category"),
-    [
-        ("localhost", "address"),
-        ("2130706433", "address"),
-        ("0x7f000001", "address"),
-        ("127.1", "address"),
-        ("0177.0.0.1", "url"),  # httpx refuses the octal form while parsing
-        ("[::1]", "address"),
-        ("[::ffff:127.0.0.1]", "address"),
-        ("[fe80::1%25eth0]", "address"),  # zone id: still link-local
-        ("[::]", "address"),
-        ("0.0.0.0", "address"),
-    ],
-)
+# (host as written in the URL, categories a refusal may carry): every spelling
+# an attacker uses for loopback; "dns" where the local resolver may refuse the
+# name before an address is known
+LOOPBACK_SPELLINGS = [
+    ("localhost", {"address"}),
+    ("LOCALHOST", {"address"}),
+    ("localhost.", {"address", "dns"}),  # trailing dot
+    ("127.0.0.1.", {"address", "dns"}),
+    ("2130706433", {"address"}),  # decimal
+    ("017700000001", {"address"}),  # octal, one number
+    ("0177.0.0.1", {"url"}),  # httpx refuses dotted octal while parsing
+    ("127.000.000.001", {"url"}),
+    ("0x7f000001", {"address"}),  # hex
+    ("0x7f.0.0.1", {"address"}),
+    ("0x7F.0x00.0x00.0x01", {"address"}),
+    ("127.1", {"address"}),  # short forms
+    ("127.0.1", {"address"}),
+    ("0", {"address"}),
+    ("0.0.0.0", {"address"}),
+    ("%31%32%37.0.0.1", {"url"}),  # percent-encoded host
+    ("[::1]", {"address"}),
+    ("[::]", {"address"}),
+    ("[::1%25lo]", {"url"}),  # IPv6 zone ids are never a destination
+    ("[fe80::1%25eth0]", {"url"}),
+    ("[::ffff:127.0.0.1%25lo]", {"url"}),
+    ("[::ffff:127.0.0.1]", {"address"}),  # IPv4-mapped, bracketed
+    ("[::ffff:7f00:1]", {"address"}),
+    ("[0:0:0:0:0:ffff:127.0.0.1]", {"address"}),
+    ("[::ffff:0:7f00:1]", {"address"}),  # IPv4-translated (SIIT)
+    ("[::ffff:0:127.0.0.1]", {"address"}),
+    ("[::127.0.0.1]", {"address"}),  # IPv4-compatible
+    ("[64:ff9b::127.0.0.1]", {"address"}),  # NAT64
+    ("[64:ff9b:1::7f00:1]", {"address"}),
+    ("[2002:7f00:1::1]", {"address"}),  # 6to4
+    ("[2001:0:4136:e378:8000:63bf:80ff:fffe]", {"address"}),  # Teredo client 127.0.0.1
+]
+
+
+@pytest.mark.parametrize(("host", "categories"), LOOPBACK_SPELLINGS)
 def test_loopback_spellings_blocked_before_any_dial(
-    host: str, category: str, server: LocalServer, make_guard: GuardFactory, dials: list[str]
+    host: str,
+    categories: set[str],
+    server: LocalServer,
+    make_guard: GuardFactory,
+    dials: list[str],
 ) -> None:
-    guard = make_guard(server.port, cidrs="", resolver=SystemResolver())
-    with pytest.raises(
-        EgressBlocked, match=rf"^egress blocked: {category}|blocked address"
-    ) as info:
-        guard.request("GET", f"http://{host}:{server.port}/")
-    assert info.value.category == category
+    guard = make_guard(server.port, 80, cidrs="", resolver=SystemResolver())
+    for url in (f"http://{host}:{server.port}/", f"http://{host}/"):
+        with pytest.raises(EgressBlocked) as info:
+            guard.request("GET", url)
+        assert info.value.category in categories, (url, info.value.reason)
     assert dials == []
     assert server.hits == []
+    assert server.accepted == 0  # not even a TCP connection reached the listener
 
 
 @pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "127.1"])
@@ -788,9 +825,68 @@ def test_credentials_dropped_across_origins(
     assert guard.request("GET", server.url("/go"), headers=CREDENTIALS).status == 200
     assert server.hits[0].headers["authorization"] == "Bearer secret"
     landed = server2.hits[0].headers
-    assert landed["x-keep"] == "yes"
-    for name in ("authorization", "cookie", "proxy-authorization"):
+    for name in ("authorization", "cookie", "proxy-authorization", "x-keep"):
         assert name not in landed
+
+
+#: credential-like and custom headers: none may reach another origin
+PRIVATE_HEADERS = {
+    "Authorization": "Bearer secret",
+    "Cookie": "sid=secret",
+    "Proxy-Authorization": "Basic secret",
+    "X-Api-Key": "key-secret",
+    "X-Auth-Token": "token-secret",
+    "X-Amz-Security-Token": "aws-secret",
+    "Api-Key": "plain-secret",
+    "X-Custom-Thing": "anything",
+    "Origin": "http://lattice.internal",
+    "Referer": "http://lattice.internal/private",
+}
+#: what may cross: how to answer, not who asks
+SAFE_HEADERS = {
+    "Accept": "application/json",
+    "Accept-Language": "en",
+    "User-Agent": "lattice-test",
+    "Cache-Control": "no-cache",
+}
+
+
+@pytest.mark.parametrize(("status", "keeps_body"), [(302, False), (307, True), (308, True)])
+def test_only_the_safe_allowlist_crosses_origins(
+    status: int,
+    keeps_body: bool,
+    server: LocalServer,
+    server2: LocalServer,
+    make_guard: GuardFactory,
+) -> None:
+    server.redirect("/go", server2.url("/land"), status=status)
+    guard = make_guard(server.port, server2.port)
+    headers = {**PRIVATE_HEADERS, **SAFE_HEADERS, "Content-Type": "application/json"}
+    assert guard.request("POST", server.url("/go"), headers=headers, body=b"{}").status == 200
+    sent = server.hits[0].headers
+    assert all(sent[name.lower()] == value for name, value in headers.items())
+    (landed,) = server2.hits
+    for name in PRIVATE_HEADERS:
+        assert name.lower() not in landed.headers, name
+    for name, value in SAFE_HEADERS.items():
+        assert landed.headers[name.lower()] == value
+    if keeps_body:  # the body and what describes it go together
+        assert (landed.method, landed.body) == ("POST", b"{}")
+        assert landed.headers["content-type"] == "application/json"
+    else:
+        assert (landed.method, landed.body) == ("GET", b"")
+        assert "content-type" not in landed.headers
+
+
+def test_same_origin_redirect_keeps_every_header(
+    server: LocalServer, make_guard: GuardFactory
+) -> None:
+    server.redirect("/go", "/land", status=307)
+    guard = make_guard(server.port)
+    headers = {**PRIVATE_HEADERS, **SAFE_HEADERS}
+    guard.request("GET", server.url("/go"), headers=headers)
+    landed = server.hits[1].headers
+    assert all(landed[name.lower()] == value for name, value in headers.items())
 
 
 def test_credentials_kept_on_same_origin(server: LocalServer, make_guard: GuardFactory) -> None:
@@ -1059,3 +1155,22 @@ def test_https_by_ip_literal_is_verified_against_the_ip(
     guard = make_guard(srv.port, verify=str(pki.ca_file))
     with pytest.raises(EgressBlocked, match=r"^egress blocked: tls"):
         guard.request("GET", f"https://127.0.0.1:{srv.port}/")
+
+
+def test_a_redirect_can_be_handed_back_instead_of_followed(
+    server: LocalServer, server2: LocalServer, make_guard: GuardFactory
+) -> None:
+    server.redirect("/go", server2.url("/land"), status=307)
+    guard = make_guard(server.port, server2.port)
+    response = guard.request("GET", server.url("/go"), follow_redirects=False)
+    assert response.status == 307 and ("location", server2.url("/land")) in response.headers
+    assert server2.accepted == 0
+
+
+def test_a_shorter_timeout_caps_the_total(server: LocalServer, make_guard: GuardFactory) -> None:
+    server.route("/slow", _trickle_body)
+    guard = make_guard(server.port, total_timeout=30.0)
+    started = time.monotonic()
+    with pytest.raises(EgressBlocked, match="timeout"):
+        guard.request("GET", server.url("/slow"), timeout=0.5)
+    assert time.monotonic() - started < 20.0  # far below the policy's 30 s

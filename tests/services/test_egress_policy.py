@@ -51,16 +51,19 @@ V4_TABLE = [
     ("255.255.255.255/32", "255.255.255.255", "255.255.255.255", "8.8.8.8"),
 ]
 
+# outside 2000::/3 every unnamed address is refused too, so "outside" there is
+# a public address; within 2000::/3 it is the neighbour of the range
 V6_TABLE = [
     ("::/128", "::", "::", "2606:4700::1"),
     ("::1/128", "::1", "::1", "2606:4700::1111"),
-    ("100::/64", "100::1", "100::ffff:ffff:ffff:ffff", "100:0:0:1::"),
+    ("100::/64", "100::1", "100::ffff:ffff:ffff:ffff", "2606:4700::1"),
     ("2001:db8::/32", "2001:db8::1", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", "2001:db9::"),
-    ("fc00::/7", "fd00::1", "fc00::", "fe00::"),
-    ("fe80::/10", "fe80::1", "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "fe7f::1"),
-    ("fec0::/10", "fec0::1", "feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "fe7f:ffff::1"),
+    ("3fff::/20", "3fff::1", "3fff:fff:ffff:ffff:ffff:ffff:ffff:ffff", "3fff:1000::"),
+    ("fc00::/7", "fd00::1", "fc00::", "2606:4700::1"),
+    ("fe80::/10", "fe80::1", "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2606:4700::1"),
+    ("fec0::/10", "fec0::1", "feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2606:4700::1"),
     ("ff00::/8", "ff02::1", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2a00::1"),
-    ("::/96", "::7f00:1", "::ffff:ffff", "::1:0:0"),  # IPv4-compatible (deprecated)
+    ("::/96", "::7f00:1", "::ffff:ffff", "2606:4700::1"),  # IPv4-compatible (deprecated)
 ]
 
 

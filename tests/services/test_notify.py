@@ -59,14 +59,17 @@ QUERY_SECRET = "QueryS3cretValue"
 
 
 class Receiver:
-    """Threaded HTTP server recording POSTs; per-path scripted 500s and hangs."""
+    """Threaded HTTP server recording requests; per-path scripted 500s, hangs, redirects."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.requests: list[dict[str, Any]] = []
         self.fail: dict[str, int] = {}  # path -> how many more 500s to answer
         self.hang: set[str] = set()  # paths that sleep (up to 30 s) before answering
+        self.redirects: dict[str, tuple[int, str]] = {}  # path -> (status, location)
         self.release = threading.Event()
+        self.arrived = threading.Event()  # set when any request has been read
         self.lock = threading.Lock()
+        self.accepted = 0  # TCP connections accepted, whether or not a request followed
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,37 +77,56 @@ class Receiver:
                 size = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(size)
                 path = self.path.split("?", 1)[0]
+                owner.arrived.set()
                 if path in owner.hang:
                     owner.release.wait(30)
+                redirect = owner.redirects.get(path)
                 with owner.lock:
                     failing = owner.fail.get(path, 0) > 0
                     if failing:
                         owner.fail[path] -= 1
+                    status = redirect[0] if redirect else 500 if failing else 200
                     owner.requests.append(
                         {
                             "path": path,
+                            "method": self.command,
                             "json": json.loads(raw or b"{}"),
                             "auth": self.headers.get("authorization"),
-                            "status": 500 if failing else 200,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "status": status,
                             "at": time.monotonic(),
                         }
                     )
-                self.send_response(500 if failing else 200)
+                self.send_response(status)
+                if redirect:
+                    self.send_header("location", redirect[1])
                 self.send_header("content-length", "0")
                 self.end_headers()
+
+            do_GET = do_PUT = do_POST
 
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def get_request(self) -> Any:
+                with owner.lock:
+                    owner.accepted += 1
+                return super().get_request()
+
+        self.server = Server((host, 0), Handler)
         self.server.daemon_threads = True
+        self.host = host
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path: str = "/hook", *, userinfo: str = "") -> str:
         at = f"{userinfo}@" if userinfo else ""
-        return f"json://{at}127.0.0.1:{self.port}{path}"
+        return f"json://{at}{self.host}:{self.port}{path}"
+
+    def http_url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
 
     def ok(self, path: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -495,3 +517,113 @@ def test_broker_notify_send_lands_in_the_outbox_and_is_rate_limited(
     fresh = Broker(load_bundle(bundle, verifier), host, audit=env.audit, limits=HostRateLimits())
     with pytest.raises(ValidationFailed, match="tag"):
         fresh.notify_send("x", "y", ["Not A Tag"])
+
+
+# -- notification HTTP goes through the egress guard ----------------------------------
+
+
+@pytest.fixture
+def other(request: pytest.FixtureRequest) -> Iterator[Receiver]:
+    """A second loopback server; ``indirect`` parametrisation picks its address."""
+    r = Receiver(getattr(request, "param", "127.0.0.1"))
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize(
+    ("other", "status", "reason"),
+    [
+        ("127.0.0.1", 302, "port {port} not allowed"),  # opened address, closed port
+        ("127.0.0.1", 307, "port {port} not allowed"),
+        ("127.0.0.2", 307, "blocked address 127.0.0.2"),  # address never opened
+    ],
+    indirect=["other"],
+)
+def test_a_redirect_to_a_place_the_policy_never_opened_fails_the_delivery(
+    env: Env, other: Receiver, status: int, reason: str
+) -> None:
+    # only the first server is open: 127.0.0.1/32 and its port
+    ports = f"80,443,{env.receiver.port}" + (f",{other.port}" if other.host != "127.0.0.1" else "")
+    svc = env.service(ports=ports)
+    svc.start()
+    env.receiver.redirects["/hop"] = (status, other.http_url("/landed"))
+    env.channel(svc, "hop", "/hop")
+    d = _final(env, svc, svc.send(title="t", body="b", tags=[], source="unit"))
+    assert d["status"] == "failed" and d["attempts"] == 1
+    assert d["last_error"] == "egress blocked: " + reason.format(port=other.port)
+    assert [r["path"] for r in env.receiver.requests] == ["/hop"]
+    assert other.requests == [] and other.accepted == 0
+    ev = eventually(lambda: env.events("notify.delivery"))[0]
+    assert ev.decision == "deny" and ev.reason == d["last_error"]
+
+
+def test_redirects_inside_the_policy_are_followed_with_only_safe_headers_crossing(
+    env: Env, other: Receiver
+) -> None:
+    svc = env.service(ports=f"80,443,{env.receiver.port},{other.port}")
+    svc.start()
+    # same origin first (credentials kept), then another origin (credentials dropped)
+    env.receiver.redirects["/first"] = (307, "/second")
+    env.receiver.redirects["/second"] = (307, other.http_url("/third"))
+    url = env.receiver.url("/first", userinfo=f"user:{SECRET}") + "?+X-Api-Key=K3yValue99"
+    svc.create_channel(name="chain", url=url, actor="tester")
+    d = _final(env, svc, svc.send(title="chained", body="b", tags=[], source="unit"))
+    assert d["status"] == "delivered"
+    first, second = env.receiver.requests
+    for hop in (first, second):
+        assert hop["auth"] and hop["headers"]["x-api-key"] == "K3yValue99"
+    (third,) = other.requests
+    assert third["method"] == "POST" and third["json"]["title"] == "chained"
+    assert third["auth"] is None and "x-api-key" not in third["headers"]
+    assert third["headers"]["content-type"] == "application/json"
+
+
+def test_requests_outside_a_delivery_do_not_go_through_the_guard(env: Env, other: Receiver) -> None:
+    import requests
+
+    svc = env.service()  # the policy does not open other.port
+    svc.start()
+    env.receiver.hang.add("/slow")
+    env.channel(svc, "slow", "/slow")
+    mid = svc.send(title="t", body="b", tags=[], source="unit")
+    assert env.receiver.arrived.wait(10), "the delivery never arrived"
+    # a delivery is in flight in a worker thread; this thread's requests are its own
+    r = requests.post(other.http_url("/plain"), json={"x": 1}, timeout=10)
+    assert r.status_code == 200 and other.requests[0]["json"] == {"x": 1}
+    env.receiver.release.set()
+    assert _final(env, svc, mid)["status"] == "delivered"
+
+
+def test_a_channel_that_turns_tls_verification_off_gets_its_own_guard() -> None:
+    from lattice.services.egress import EgressGuard
+    from lattice.services.notify_http import GuardedHTTP
+
+    policy = EgressPolicy.from_settings(allow_cidrs="", allow_ports="443")
+    made: list[EgressGuard] = []
+
+    def insecure() -> EgressGuard:
+        made.append(EgressGuard(policy, verify=False))
+        return made[-1]
+
+    with EgressGuard(policy) as main:
+        http = GuardedHTTP(main, insecure=insecure)
+        assert http.guard(verify=True) is main and made == []
+        first = http.guard(verify=False)
+        assert first is not main and http.guard(verify=False) is first and made == [first]
+        http.close()
+
+
+def test_an_unreachable_allowed_channel_is_retried_not_reported_as_blocked(env: Env) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    svc = env.service(ports=f"80,443,{port}", max_attempts=2)
+    svc.start()
+    svc.create_channel(name="down", url=f"json://127.0.0.1:{port}/x", actor="tester")
+    d = _final(env, svc, svc.send(title="t", body="b", tags=[], source="unit"))
+    assert d["status"] == "failed" and d["attempts"] == 2
+    assert not d["last_error"].startswith("egress blocked")

@@ -17,7 +17,8 @@ How a hop is made safe (``EgressGuard._hop``):
    deadline (``_DeadlineStream``), so a trickling server cannot outlast
    ``total_timeout``; the response body is streamed and cut at the size cap.
 
-Redirects are followed here (never by httpx), each hop going through 1-4 again.
+Redirects are followed here (never by httpx), each hop going through 1-4 again;
+on a hop to another origin only ``CROSS_ORIGIN_HEADERS`` are sent along.
 httpx/httpcore exceptions are translated to ``EgressBlocked`` at this edge.
 """
 
@@ -54,6 +55,7 @@ from lattice.services.egress_policy import (
 )
 
 __all__ = [
+    "CROSS_ORIGIN_HEADERS",
     "EgressGuard",
     "EgressPolicy",
     "EgressResponse",
@@ -66,7 +68,22 @@ log = logging.getLogger(__name__)
 
 #: sent unless the caller sets the same header; Accept-Encoding is not overridable
 _DEFAULT_HEADERS = (("User-Agent", "lattice-egress/1"), ("Accept", "*/*"))
-_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+#: the only request headers that follow a redirect to another origin: they say
+#: how to answer, never who is asking.  Authorization, Cookie, API-key and any
+#: custom header stay with the origin they were meant for.  The Content-*
+#: ones go only while the body goes too (307/308); a rewrite to GET drops them.
+CROSS_ORIGIN_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "cache-control",
+        "pragma",
+        "user-agent",
+        "content-type",
+        "content-language",
+        "content-encoding",
+    }
+)
 _BODY_HEADERS = frozenset({"content-type", "content-encoding", "content-language"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -281,6 +298,10 @@ class EgressGuard:
         # both redirects and headers.  No environment proxies (trust_env=False).
         self._transport = _PinnedTransport(_ssl_context(verify), httpx.Limits())
 
+    @property
+    def policy(self) -> EgressPolicy:
+        return self._policy
+
     def __enter__(self) -> EgressGuard:
         return self
 
@@ -305,10 +326,17 @@ class EgressGuard:
         headers: Mapping[str, str] | None = None,
         body: bytes | None = None,
         allow_hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        follow_redirects: bool = True,
     ) -> EgressResponse:
-        """Send one request (following redirects); any refusal raises EgressBlocked."""
+        """Send one request (following redirects); any refusal raises EgressBlocked.
+
+        ``timeout`` may shorten (never lengthen) the policy's ``total_timeout``;
+        with ``follow_redirects=False`` a redirect is returned as it came.
+        """
         policy = self._policy
-        deadline = time.monotonic() + policy.total_timeout
+        budget = policy.total_timeout if timeout is None else min(timeout, policy.total_timeout)
+        deadline = time.monotonic() + max(0.0, budget)
         # 1. everything that needs no network is checked before anything is dialled
         method = check_method(method, url)
         hosts = None if allow_hosts is None else validate_allow_hosts(allow_hosts)
@@ -324,7 +352,7 @@ class EgressGuard:
         # 2. one hop per iteration; each hop re-runs every check
         for hop in range(policy.max_redirects + 1):
             check_host_allowed(target, hosts)
-            response = self._hop(method, target, pairs, body, deadline)
+            response = self._hop(method, target, pairs, body, deadline, follow_redirects)
             if isinstance(response, EgressResponse):
                 return response
             if hop == policy.max_redirects:
@@ -332,8 +360,9 @@ class EgressGuard:
             status, location = response
             target = self._next_target(target, location)
             if target.origin != origin:
-                # credentials never follow a redirect to another origin, even back
-                pairs = [(k, v) for k, v in pairs if k.lower() not in _CREDENTIAL_HEADERS]
+                # only the safe allowlist crosses origins; what is dropped stays
+                # dropped, even if a later hop comes back
+                pairs = [(k, v) for k, v in pairs if k.lower() in CROSS_ORIGIN_HEADERS]
             if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
                 method, body = "GET", None
                 pairs = [(k, v) for k, v in pairs if k.lower() not in _BODY_HEADERS]
@@ -389,6 +418,7 @@ class EgressGuard:
         headers: list[tuple[str, str]],
         body: bytes | None,
         deadline: float,
+        follow: bool = True,
     ) -> EgressResponse | tuple[int, str]:
         """One checked request; a redirect comes back as (status, location)."""
         addresses = self._resolve(target, deadline)
@@ -408,7 +438,7 @@ class EgressGuard:
             response = self._transport.handle_request(request)
             try:
                 location = response.headers.get("location")
-                if response.status_code in _REDIRECTS and location is not None:
+                if follow and response.status_code in _REDIRECTS and location is not None:
                     return response.status_code, location
                 data = self._read_capped(response, method, target, deadline)
             finally:

@@ -7,10 +7,17 @@ stable ``category`` (see ``Category``) and a reason text that starts with it.
 Address rule (``check_address``), in order:
 
 1. an address inside an operator-opened ``allow_cidrs`` network is allowed;
-2. an address inside a deny-table network is refused;
-3. an IPv6 address that embeds an IPv4 address (mapped, NAT64, 6to4, Teredo) is
-   refused when the embedded IPv4 address is in the IPv4 deny table;
+2. the most specific IANA special-purpose (or multicast) entry containing the
+   address decides (``SPECIAL_V4`` / ``SPECIAL_V6``): entries that are not
+   globally reachable are refused; an IPv6 address outside 2000::/3 that no
+   entry names is refused too;
+3. an IPv6 translation address (IPv4-mapped, IPv4-translated, NAT64 well-known
+   and local-use, 6to4, Teredo) is refused when any IPv4 address it may carry
+   is refused by rule 2 (``embedded_ipv4s``);
 4. everything else is allowed.
+
+``tests/services/special_purpose_addresses.csv`` lists the registries' entries;
+a test checks every one of them against this rule.
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ from lattice.errors import ConfigError, EgressBlocked, ValidationFailed
 
 __all__ = [
     "DENIED_V4",
-    "DENIED_V6",
     "METHODS",
+    "SPECIAL_V4",
+    "SPECIAL_V6",
     "Category",
     "EgressPolicy",
     "IPAddress",
     "IPNetwork",
+    "Rule",
     "Target",
     "blocked",
     "check_address",
@@ -41,10 +50,12 @@ __all__ = [
     "check_host_allowed",
     "check_method",
     "embedded_ipv4",
+    "embedded_ipv4s",
     "parse_cidrs",
     "parse_ports",
     "parse_target",
     "redact_url",
+    "special_rule",
     "validate_allow_hosts",
 ]
 
@@ -88,60 +99,143 @@ def blocked(category: Category, reason: str, url: str | httpx.URL | None) -> Egr
 
 # ---------------------------------------------------------------- addresses
 
-DENIED_V4: tuple[ipaddress.IPv4Network, ...] = tuple(
-    ipaddress.IPv4Network(n)
-    for n in (
-        "0.0.0.0/8",  # "this" network
-        "10.0.0.0/8",  # private
-        "100.64.0.0/10",  # carrier-grade NAT
-        "127.0.0.0/8",  # loopback
-        "169.254.0.0/16",  # link-local, cloud metadata
-        "172.16.0.0/12",  # private
-        "192.0.0.0/24",  # IETF protocol assignments
-        "192.0.2.0/24",  # TEST-NET-1
-        "192.88.99.0/24",  # 6to4 relay anycast
-        "192.168.0.0/16",  # private
-        "198.18.0.0/15",  # benchmarking
-        "198.51.100.0/24",  # TEST-NET-2
-        "203.0.113.0/24",  # TEST-NET-3
-        "224.0.0.0/4",  # multicast
-        "240.0.0.0/4",  # reserved
-        "255.255.255.255/32",  # broadcast
-    )
+
+class Rule(StrEnum):
+    """What a special-purpose network means for a destination inside it."""
+
+    DENY = "deny"
+    ALLOW = "allow"  # a globally reachable entry carved out of a denied one
+    EMBEDS = "embeds"  # a translation prefix: judged by the IPv4 address inside
+
+
+def _table(*rows: tuple[str, Rule, str]) -> tuple[tuple[IPNetwork, Rule, str], ...]:
+    return tuple((ipaddress.ip_network(net), rule, name) for net, rule, name in rows)
+
+
+#: IPv4 special-purpose and multicast networks (IANA registries).  The most
+#: specific network containing an address decides; no match means allowed.
+SPECIAL_V4 = _table(
+    ("0.0.0.0/8", Rule.DENY, "this network"),
+    ("10.0.0.0/8", Rule.DENY, "private-use"),
+    ("100.64.0.0/10", Rule.DENY, "shared address space (CGN)"),
+    ("127.0.0.0/8", Rule.DENY, "loopback"),
+    ("169.254.0.0/16", Rule.DENY, "link-local, cloud metadata"),
+    ("172.16.0.0/12", Rule.DENY, "private-use"),
+    # every entry in 192.0.0.0/24, the anycast ones (PCP 192.0.0.9, TURN
+    # 192.0.0.10) too: their nearest instance is the operator's own network
+    ("192.0.0.0/24", Rule.DENY, "IETF protocol assignments"),
+    ("192.0.2.0/24", Rule.DENY, "documentation (TEST-NET-1)"),
+    ("192.88.99.0/24", Rule.DENY, "deprecated 6to4 relay anycast"),
+    ("192.168.0.0/16", Rule.DENY, "private-use"),
+    ("198.18.0.0/15", Rule.DENY, "benchmarking"),
+    ("198.51.100.0/24", Rule.DENY, "documentation (TEST-NET-2)"),
+    ("203.0.113.0/24", Rule.DENY, "documentation (TEST-NET-3)"),
+    ("224.0.0.0/4", Rule.DENY, "multicast"),
+    ("240.0.0.0/4", Rule.DENY, "reserved"),
+    ("255.255.255.255/32", Rule.DENY, "limited broadcast"),
 )
 
-DENIED_V6: tuple[ipaddress.IPv6Network, ...] = tuple(
-    ipaddress.IPv6Network(n)
-    for n in (
-        "::/128",  # unspecified
-        "::1/128",  # loopback
-        "::/96",  # IPv4-compatible (deprecated; never a real destination)
-        "100::/64",  # discard-only
-        "2001:db8::/32",  # documentation
-        "fc00::/7",  # unique local
-        "fec0::/10",  # site-local (deprecated)
-        "fe80::/10",  # link-local
-        "ff00::/8",  # multicast
-    )
+#: IPv6 special-purpose and multicast networks.  Outside 2000::/3 (the only
+#: global unicast space IANA allocates from) an address no entry names is refused.
+SPECIAL_V6 = _table(
+    ("::/96", Rule.DENY, "IPv4-compatible (deprecated), unspecified, loopback"),
+    ("::ffff:0:0/96", Rule.EMBEDS, "IPv4-mapped"),
+    ("::ffff:0:0:0/96", Rule.EMBEDS, "IPv4-translated (SIIT)"),
+    ("64:ff9b::/96", Rule.EMBEDS, "NAT64 well-known prefix"),
+    ("64:ff9b:1::/48", Rule.EMBEDS, "NAT64 local-use prefix"),
+    ("100::/64", Rule.DENY, "discard-only"),
+    ("100:0:0:1::/64", Rule.DENY, "dummy prefix"),
+    ("2001::/23", Rule.DENY, "IETF protocol assignments"),
+    ("2001::/32", Rule.EMBEDS, "Teredo"),
+    ("2001:3::/32", Rule.ALLOW, "AMT"),
+    ("2001:4:112::/48", Rule.ALLOW, "AS112-v6"),
+    ("2001:20::/28", Rule.ALLOW, "ORCHIDv2"),
+    ("2001:30::/28", Rule.ALLOW, "drone remote ID entity tags"),
+    ("2001:db8::/32", Rule.DENY, "documentation"),
+    ("2002::/16", Rule.EMBEDS, "6to4"),
+    ("3fff::/20", Rule.DENY, "documentation"),
+    ("5f00::/16", Rule.DENY, "SRv6 SIDs"),
+    ("fc00::/7", Rule.DENY, "unique local"),
+    ("fe80::/10", Rule.DENY, "link-local"),
+    ("fec0::/10", Rule.DENY, "site-local (deprecated)"),
+    ("ff00::/8", Rule.DENY, "multicast"),
 )
-
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 
+DENIED_V4: tuple[ipaddress.IPv4Network, ...] = tuple(
+    net
+    for net, rule, _ in SPECIAL_V4
+    if isinstance(net, ipaddress.IPv4Network) and rule is Rule.DENY
+)
+
+
+def special_rule(ip: IPAddress) -> tuple[IPNetwork, Rule, str] | None:
+    """The most specific special-purpose entry containing ``ip``, if any."""
+    table = SPECIAL_V4 if ip.version == 4 else SPECIAL_V6
+    found = [row for row in table if ip in row[0]]
+    return max(found, key=lambda row: row[0].prefixlen) if found else None
+
+
+def _rfc6052(value: int, prefix_len: int) -> tuple[int, bool]:
+    """The IPv4 address an RFC 6052 layout of ``prefix_len`` puts in ``value``.
+
+    Returns the address and whether the layout is consistent (the "u" octet,
+    bits 64-71, and the suffix after the address are zero; always for /96).
+    """
+    out, pos, taken = 0, prefix_len, 0
+    while taken < 32:
+        if 64 <= pos < 72:
+            pos += 1
+            continue
+        out = (out << 1) | ((value >> (127 - pos)) & 1)
+        pos, taken = pos + 1, taken + 1
+    suffix = value & ((1 << (128 - pos)) - 1) if pos < 128 else 0
+    consistent = prefix_len == 96 or ((value >> 56) & 0xFF == 0 and suffix == 0)
+    return out, consistent
+
+
+def embedded_ipv4s(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """Every IPv4 address an IPv6 translation address may stand for (none: ``()``).
+
+    Mapped, translated and NAT64 well-known forms carry it in the low 32 bits;
+    the NAT64 local-use /48 may use any RFC 6052 layout an operator's /48-/96
+    prefix allows, so each consistent reading counts; 6to4 carries it in bits
+    16-47; Teredo carries the server (bits 32-63) and the client, bit-inverted,
+    in the low 32 bits.
+    """
+    value = int(ip)
+    low = value & 0xFFFFFFFF
+    rule = special_rule(ip)
+    net = None if rule is None or rule[1] is not Rule.EMBEDS else rule[0]
+    readings: list[int] = []
+    if net in (_MAPPED, _TRANSLATED, _NAT64):
+        readings = [low]
+    elif net == _NAT64_LOCAL:
+        readings = [low] + [v4 for v4, ok in (_rfc6052(value, n) for n in (48, 56, 64)) if ok]
+    elif net == _SIX_TO_FOUR:
+        readings = [(value >> 80) & 0xFFFFFFFF]
+    elif net == _TEREDO:
+        readings = [low ^ 0xFFFFFFFF, (value >> 64) & 0xFFFFFFFF]
+    return tuple(dict.fromkeys(ipaddress.IPv4Address(v) for v in readings))
+
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 transition address carries, or None."""
-    value = int(ip)
-    if ip in _MAPPED or any(ip in net for net in _NAT64):
-        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
-    if ip in _SIX_TO_FOUR:
-        return ipaddress.IPv4Address((value >> 80) & 0xFFFFFFFF)
-    if ip in _TEREDO:
-        # Teredo stores the client address obfuscated (bit-inverted) in the low 32 bits.
-        return ipaddress.IPv4Address((value & 0xFFFFFFFF) ^ 0xFFFFFFFF)
-    return None
+    """The primary IPv4 address an IPv6 translation address carries, or None."""
+    found = embedded_ipv4s(ip)
+    return found[0] if found else None
+
+
+def _denied(ip: IPAddress) -> bool:
+    rule = special_rule(ip)
+    if rule is not None:
+        return rule[1] is Rule.DENY
+    return isinstance(ip, ipaddress.IPv6Address) and ip not in _GLOBAL_UNICAST_V6
 
 
 def check_address(
@@ -151,15 +245,14 @@ def check_address(
     # 1. operator-opened networks win
     if any(ip.version == net.version and ip in net for net in allow_cidrs):
         return
-    # 2. the deny table for the address family
-    deny: Sequence[IPNetwork] = DENIED_V4 if ip.version == 4 else DENIED_V6
-    if any(ip in net for net in deny):
+    # 2. the special-purpose table (and, for IPv6, anything outside 2000::/3)
+    if _denied(ip):
         raise blocked(Category.ADDRESS, f"blocked address {ip}", url)
-    # 3. an IPv6 transition address is judged by the IPv4 address inside it
+    # 3. a translation address is judged by every IPv4 address it may stand for
     if isinstance(ip, ipaddress.IPv6Address):
-        inner = embedded_ipv4(ip)
-        if inner is not None and any(inner in net for net in DENIED_V4):
-            raise blocked(Category.ADDRESS, f"blocked address {ip} (embeds {inner})", url)
+        for inner in embedded_ipv4s(ip):
+            if _denied(inner):
+                raise blocked(Category.ADDRESS, f"blocked address {ip} (embeds {inner})", url)
     # 4. allowed
 
 
@@ -289,6 +382,8 @@ def parse_target(url: str | httpx.URL, policy: EgressPolicy) -> Target:
     host = parsed.raw_host.decode("ascii")
     if not host:
         raise blocked(Category.URL, "url invalid: no host", parsed)
+    if "%" in host:  # an IPv6 zone id or a percent-encoded name: never a destination
+        raise blocked(Category.URL, "url invalid: zone id or '%' in host", parsed)
     # 4. port
     port = parsed.port if parsed.port is not None else _DEFAULT_PORTS[parsed.scheme]
     if port not in policy.allow_ports:

@@ -13,7 +13,8 @@ re-encryption), and only ever shown in Apprise's privacy rendering - in API
 responses, audit details and (through ``notify_apprise.SCRUBBER``) log lines.
 
 Module map: ``notify_apprise`` (the Apprise edge), ``notify_store`` (SQL),
-``notify_worker`` (dispatcher, rate limits, backoff, egress pre-check).
+``notify_worker`` (dispatcher, rate limits, backoff, egress pre-check),
+``notify_http`` (Apprise's HTTP through the egress guard).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from lattice.core.auditsink import AuditSink
 from lattice.core.secrets import SecretBox
 from lattice.errors import ValidationFailed
-from lattice.services.egress import Resolver
+from lattice.services.egress import EgressGuard, Resolver
 from lattice.services.egress_policy import EgressPolicy
 from lattice.services.notify_apprise import SCRUBBER, install_log_filters, parse_channel_url
 from lattice.services.notify_store import Channel, NotifyStore
@@ -116,6 +117,7 @@ class NotifyService:
         max_attempts: int = 8,
         timeout_seconds: float = 15.0,
         resolver: Resolver | None = None,
+        egress: EgressGuard | None = None,
     ) -> None:
         install_log_filters()
         self._store = store
@@ -130,6 +132,7 @@ class NotifyService:
             max_attempts=max_attempts,
             timeout=timeout_seconds,
             resolver=resolver,
+            egress=egress,
         )
 
     def __repr__(self) -> str:

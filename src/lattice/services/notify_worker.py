@@ -14,10 +14,13 @@ Dispatcher loop (``DeliveryWorker._dispatch``), every wake-up:
 
 An attempt (``_attempt``) decrypts the URL, asks Apprise for the plugin's
 network destinations and runs :func:`check_destinations` (egress policy) before
-Apprise sends anything.  Apprise then dials on its own: the pre-check narrows
-but cannot close a DNS-rebinding window between our lookup and its connect.
-Channel destinations are operator-configured, not plugin-chosen, so that
-residual risk is the operator's own configuration.
+Apprise sends anything.  Apprise's HTTP then goes through the egress guard
+(``notify_http``): resolved once, every address checked, the checked address
+dialled, every redirect hop checked again; any refused hop fails the attempt
+with ``egress blocked: ...`` whatever the plugin reports.  Non-HTTP services
+(SMTP, syslog, ...) dial on their own after the pre-check, so for them a DNS
+answer that changes between the check and the connect is not caught; their
+destinations come only from operators.
 
 Outcomes: delivered; retry with exponential backoff (``base * 2**(n-1)``
 capped at ``RETRY_CAP``); or failed after ``max_attempts`` or at once for a
@@ -40,9 +43,10 @@ from datetime import timedelta
 from lattice.core.auditsink import AuditSink
 from lattice.core.ratelimit import TokenBucket
 from lattice.errors import EgressBlocked, LatticeError, SecretError, StoreError
-from lattice.services.egress import Resolver, SystemResolver
+from lattice.services.egress import EgressGuard, Resolver, SystemResolver
 from lattice.services.egress_policy import Category, EgressPolicy, blocked, check_address
 from lattice.services.notify_apprise import SCRUBBER, DeliveryFailed, PreparedChannel, clip
+from lattice.services.notify_http import GuardedHTTP
 from lattice.services.notify_store import DueDelivery, NotifyStore
 from lattice.store.clock import from_iso, iso, utcnow
 
@@ -134,6 +138,7 @@ class DeliveryWorker:
         max_attempts: int,
         timeout: float,
         resolver: Resolver | None = None,
+        egress: EgressGuard | None = None,
         max_workers: int = 8,
         close_timeout: float = 5.0,
     ) -> None:
@@ -146,6 +151,9 @@ class DeliveryWorker:
         self._timeout = timeout
         self._resolver = resolver
         self._owns_resolver = resolver is None
+        self._guard = egress
+        self._owns_guard = egress is None
+        self._http: GuardedHTTP | None = None
         self._max_workers = max_workers
         self._close_timeout = close_timeout
         self._limiter = ChannelLimiter()
@@ -163,6 +171,13 @@ class DeliveryWorker:
             return
         if self._resolver is None:
             self._resolver = SystemResolver(timeout=self._policy.connect_timeout)
+        resolver = self._resolver
+        if self._guard is None:
+            self._guard = EgressGuard(self._policy, resolver=resolver)
+        self._http = GuardedHTTP(
+            self._guard,
+            insecure=lambda: EgressGuard(self._policy, resolver=resolver, verify=False),
+        )
         self._stop.clear()
         self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="lattice-notify")
         self._thread = threading.Thread(
@@ -192,6 +207,12 @@ class DeliveryWorker:
                 except LatticeError as exc:
                     log.warning("notify worker: releasing a claim: %s", type(exc).__name__)
         wait_futures([f for f, _i, _l in inflight], timeout=self._close_timeout)
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        if self._owns_guard and self._guard is not None:
+            self._guard.close()
+            self._guard = None
         if self._owns_resolver and isinstance(self._resolver, SystemResolver):
             self._resolver.close()
             self._resolver = None
@@ -263,15 +284,25 @@ class DeliveryWorker:
 
     def _attempt(self, item: DueDelivery) -> None:
         attempts = item.attempts + 1
-        resolver = self._resolver
+        resolver, http = self._resolver, self._http
         if item.channel_id is None or item.url_encrypted is None or resolver is None:
             return  # not claimable (see _dispatch); the lease expires
+        if http is None:
+            return  # closed meanwhile; the lease expires
         try:
             url = self._unseal(item.channel_id, item.url_encrypted)
             SCRUBBER.remember(url)
             channel = PreparedChannel(url)
             check_destinations(channel.target.destinations, self._policy, resolver)
-            channel.send(title=item.title, body=item.body, timeout=self._timeout)
+            # Apprise's HTTP goes through the guard; a refused hop fails the
+            # attempt even when the plugin reports success or its own error
+            with http.attempt(self._timeout) as attempt:
+                try:
+                    channel.send(title=item.title, body=item.body, timeout=self._timeout)
+                except DeliveryFailed:
+                    attempt.check()
+                    raise
+                attempt.check()
         except EgressBlocked as exc:
             self._failed_attempt(item, attempts, exc.message, exc.category in _PERMANENT)
         except DeliveryFailed as exc:
