@@ -22,7 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import bindparam, delete, select, update
 
 from lattice.core.audit import AuditLog
-from lattice.core.ratelimit import FailureWindow
+from lattice.core.ratelimit import LoginFailures
 from lattice.core.scopes import ALL, effective_scopes, grants, validate_scopes
 from lattice.errors import (
     AuthError,
@@ -132,8 +132,7 @@ class AuthService:
         self._hasher = make_hasher()
         self._dummy_hash = _dummy_hash(self._hasher)
         self._session_ttl = session_ttl
-        self._by_addr = FailureWindow(login_limit * 4, login_window)
-        self._by_user = FailureWindow(login_limit, login_window)
+        self._failures = LoginFailures(db, login_limit, login_window)
 
     # -- users -----------------------------------------------------------
 
@@ -198,6 +197,19 @@ class AuthService:
             conn.execute(delete(sessions).where(sessions.c.user_id == uid))
         self._audit.append(actor=actor, action="user.password", target=f"user:{username}")
 
+    def unlock(self, username: str, *, actor: str = "cli") -> int:
+        """Forget every failed login of ``username`` (all addresses); audited."""
+        if self._user_row(username) is None:
+            raise NotFound(f"no user named {username!r}")
+        cleared = self._failures.reset(username.lower())
+        self._audit.append(
+            actor=actor,
+            action="user.unlock",
+            target=f"user:{username}",
+            detail={"failures_cleared": cleared},
+        )
+        return cleared
+
     def _user_row(self, username: str) -> Any:
         with self._db.read() as conn:
             return conn.execute(select(users).where(users.c.username == username)).first()
@@ -207,22 +219,23 @@ class AuthService:
     def login(self, username: str, password: str, *, client: str) -> tuple[str, str, Principal]:
         """Return ``(session_token, csrf_token, principal)`` or raise.
 
-        Failures are rate-limited per client address and per username; an
-        unknown user costs the same argon2 work as a wrong password.
+        Failures are rate-limited per (username, client address) and per client
+        address, never per username alone, so nobody elsewhere can lock a user
+        out; an unknown user costs the same argon2 work as a wrong password.
         """
-        addr_key, user_key = f"addr:{client}", f"user:{username.lower()[:64]}"
-        wait = max(self._by_addr.retry_after(addr_key), self._by_user.retry_after(user_key))
+        # an impossible name shares one bucket per address, and never reaches SQL raw
+        name = username.lower() if _USERNAME.match(username.lower()) else "?"
+        wait = self._failures.retry_after(name, client)
         if wait > 0:
             self._deny_login(client, username, "rate limited")
             raise RateLimited("too many failed logins; try again later", retry_after=wait)
         row = self._user_row(username) if _USERNAME.match(username) else None
         ok = self._verify(row.password_hash if row else self._dummy_hash, password)
         if not ok or row is None or row.disabled:
-            self._by_addr.fail(addr_key)
-            self._by_user.fail(user_key)
+            self._failures.fail(name, client)
             self._deny_login(client, username, "bad credentials")
             raise AuthError("invalid username or password")
-        self._by_user.reset(user_key)
+        self._failures.reset(name, client)
         if self._hasher.check_needs_rehash(row.password_hash):
             self.set_password(username, password, actor=f"user:{username}")
         session_token = secrets.token_urlsafe(32)
