@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from lattice import __version__
 from lattice.api import audit as audit_api
 from lattice.api import auth as auth_api
+from lattice.api import docs as docs_api
 from lattice.api import health as health_api
 from lattice.api import kv as kv_api
 from lattice.api import notify as notify_api
@@ -295,11 +296,14 @@ def create_app(container: Container) -> FastAPI:
         version=__version__,
         description="Self-hosted control plane with a safe plugin platform",
         lifespan=lifespan,
+        docs_url=None,  # served by lattice.api.docs, from local assets
+        redoc_url=None,  # ReDoc would load from a CDN
     )
     app.state.container = container
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(docs_api.router)
     app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(container.settings))
     app.add_middleware(RequestContextMiddleware, metrics=container.metrics)
     return app
