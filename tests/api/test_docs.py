@@ -18,7 +18,8 @@ def test_docs_page_references_no_external_host_and_its_assets_load(live: LiveSer
     for url in urls:
         r = client.get(url)
         assert r.status_code == 200 and len(r.content) > 500, url
-    assert client.get(urls[0]).headers["content-type"].startswith("text/javascript")
+    types = {u.rsplit(".", 1)[1]: client.get(u).headers["content-type"] for u in urls}
+    assert types["js"].startswith("text/javascript") and types["css"].startswith("text/css")
     spec = client.get("/openapi.json")
     assert spec.status_code == 200 and spec.json()["info"]["title"] == "Lattice"
 
