@@ -116,6 +116,7 @@ def build_container(
     """Wire every service.  With ``announce`` (only ``lattice serve`` and test
     servers pass one) a missing ``admin`` user is created, and a generated
     password is handed to ``announce`` once; without it nothing is bootstrapped."""
+    policy = _trust_policy(settings)  # a bad trust file fails before any work
     prepare_data_dir(settings)
     db = Database(settings.effective_database_url)
     with first_run_lock(settings):
@@ -161,7 +162,6 @@ def build_container(
         policy=policies,
     )
     limits = HostRateLimits(parse_limits(settings.plugin_rate_limits))
-    policy = _trust_policy(settings)
     loader = PluginLoader(
         plugin_dir=settings.effective_plugin_dir,
         verifier=Verifier(policy),
@@ -219,6 +219,10 @@ def _trust_policy(settings: Settings) -> TrustPolicy:
         return TrustPolicy.from_file(path)
     except ConfigError as exc:
         raise ConfigError(f"plugin trust file {path} (LATTICE_PLUGIN_TRUST): {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"plugin trust file {path} (LATTICE_PLUGIN_TRUST): cannot read it: {exc.strerror}"
+        ) from exc
 
 
 def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:

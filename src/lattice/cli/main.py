@@ -55,7 +55,12 @@ def setting_help(field: str, text: str) -> str:
     """Help text naming the setting's env var and default, read from
     :class:`Settings` so the two cannot drift apart."""
     default = Settings.model_fields[field].default
-    shown = _COMPUTED_DEFAULTS.get(field, "none") if default is None else str(default)
+    if default is None:
+        shown = _COMPUTED_DEFAULTS.get(field, "none")
+    elif isinstance(default, Path) and not default.is_absolute():
+        shown = f"./{default}"
+    else:
+        shown = str(default)
     return f"{text} (env LATTICE_{field.upper()}; default: {shown})"
 
 

@@ -63,6 +63,8 @@ def _policy(trust: Path | None) -> TrustPolicy:
         return TrustPolicy.from_file(trust)
     except ConfigError as exc:
         raise ConfigError(f"{trust}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{trust}: cannot read the trust policy file: {exc.strerror}") from exc
 
 
 BundleArg = Annotated[Path, typer.Argument(help="Bundle directory (manifest.json + artifact).")]
