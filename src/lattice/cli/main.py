@@ -240,8 +240,8 @@ def create_user(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a user holding the given scopes (their tokens can hold no more)."""
-    password = _read_password(password_stdin)
     container = _container(_settings(data_dir=data_dir, database_url=database_url))
+    password = _read_password(password_stdin)
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     guarded(lambda: container.auth.create_user(user, password, wanted, actor="cli"))
     typer.echo(f"user {user!r} created with scopes {','.join(sorted(set(wanted)))}")
@@ -255,8 +255,8 @@ def set_password(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Set a user's password (and end their sessions)."""
-    password = _read_password(password_stdin)
     container = _container(_settings(data_dir=data_dir, database_url=database_url))
+    password = _read_password(password_stdin)
     guarded(lambda: container.auth.set_password(user, password))
     typer.echo(f"password for {user!r} updated")
 
