@@ -58,6 +58,7 @@ def test_help_for_every_command(env: dict[str, str]) -> None:
         ["db", "upgrade"],
         ["admin", "set-password"],
         ["admin", "create-user"],
+        ["admin", "unlock"],
         ["token", "create"],
         ["audit", "verify"],
     ):

@@ -70,3 +70,13 @@ def test_token_bucket_rate_and_burst() -> None:
     assert tb.allow("p") and not tb.allow("p")
     clock.now += 100
     assert tb.allow("p") and tb.allow("p") and not tb.allow("p")
+
+
+def test_login_failures_count_an_ipv6_host_by_its_slash_64() -> None:
+    from lattice.core.auth import address_bucket
+
+    assert address_bucket("2001:db8:1:2::1") == address_bucket("2001:db8:1:2:ffff::9")
+    assert address_bucket("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert address_bucket("2001:db8:1:3::1") != address_bucket("2001:db8:1:2::1")
+    assert address_bucket("::ffff:10.0.0.1") == address_bucket("10.0.0.1") == "10.0.0.1"
+    assert address_bucket("unknown") == "unknown"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import secrets
@@ -225,17 +226,18 @@ class AuthService:
         """
         # an impossible name shares one bucket per address, and never reaches SQL raw
         name = username.lower() if _USERNAME.match(username.lower()) else "?"
-        wait = self._failures.retry_after(name, client)
+        addr = address_bucket(client)
+        wait = self._failures.retry_after(name, addr)
         if wait > 0:
             self._deny_login(client, username, "rate limited")
             raise RateLimited("too many failed logins; try again later", retry_after=wait)
         row = self._user_row(username) if _USERNAME.match(username) else None
         ok = self._verify(row.password_hash if row else self._dummy_hash, password)
         if not ok or row is None or row.disabled:
-            self._failures.fail(name, client)
+            self._failures.fail(name, addr)
             self._deny_login(client, username, "bad credentials")
             raise AuthError("invalid username or password")
-        self._failures.reset(name, client)
+        self._failures.reset(name, addr)
         if self._hasher.check_needs_rehash(row.password_hash):
             self.set_password(username, password, actor=f"user:{username}")
         session_token = secrets.token_urlsafe(32)
@@ -496,6 +498,21 @@ class AuthService:
         if result.rowcount == 0:
             raise NotFound(f"no active token with id {token_id!r}")
         self._audit.append(actor=principal.actor, action="token.revoke", target=f"token:{token_id}")
+
+
+def address_bucket(client: str) -> str:
+    """The address failed logins are counted under: an IPv4 address as is, an
+    IPv6 address by its /64 (one host usually holds the whole /64, so rotating
+    inside it buys no fresh windows)."""
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return client[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _check_password(password: str) -> None:
