@@ -30,7 +30,7 @@ import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
 
-from lattice.app import build_container, create_app
+from lattice.app import build_container, create_app, server_config
 from lattice.config import Settings
 from lattice.container import Container
 
@@ -194,9 +194,7 @@ class LiveServer:
 def start_server(settings: Settings) -> LiveServer:
     container = build_container(settings, announce=lambda _msg: None)
     app = create_app(container)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on"
-    )
+    config = server_config(app, settings, host="127.0.0.1", port=0)  # what `lattice serve` runs
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

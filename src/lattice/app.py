@@ -9,16 +9,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
+from typing import Any
 
+import uvicorn
 from fastapi import APIRouter, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from lattice import __version__
 from lattice.api import audit as audit_api
 from lattice.api import auth as auth_api
+from lattice.api import docs as docs_api
 from lattice.api import health as health_api
 from lattice.api import kv as kv_api
 from lattice.api import notify as notify_api
@@ -57,9 +60,9 @@ from lattice.services.plugin_policy import SqlPluginPolicies
 from lattice.services.static import SqlStatic
 from lattice.services.worker_store import SqlWorkerStore
 from lattice.store.db import Database, secure_sqlite_file
-from lattice.store.migrate import upgrade
+from lattice.store.migrate import file_lock, upgrade
 
-__all__ = ["ROUTERS", "build_container", "create_app"]
+__all__ = ["ROUTERS", "build_container", "create_app", "first_run_lock", "server_config"]
 
 log = logging.getLogger("lattice")
 
@@ -88,20 +91,7 @@ def prepare_data_dir(settings: Settings) -> None:
         raise ConfigError(f"cannot create data directory {path}: {exc.strerror}") from exc
 
 
-def build_container(settings: Settings, *, announce: Callable[[str], None] = print) -> Container:
-    prepare_data_dir(settings)
-    db = Database(settings.effective_database_url)
-    upgrade(db)
-    secure_sqlite_file(db.url)
-    metrics = Metrics()
-    audit = AuditLog(db, on_append=metrics.on_audit)
-    auth = AuthService(
-        db,
-        audit,
-        session_ttl=timedelta(hours=settings.session_ttl_hours),
-        login_limit=settings.login_max_attempts,
-        login_window=float(settings.login_window_seconds),
-    )
+def _bootstrap(settings: Settings, auth: AuthService, announce: Callable[[str], None]) -> None:
     admin_password = settings.admin_password.get_secret_value() if settings.admin_password else None
     generated = auth.bootstrap_admin(admin_password)
     if generated:
@@ -109,7 +99,41 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
             "Created user 'admin' with password: "
             f"{generated}\n(shown once; change it with `lattice admin set-password admin`)"
         )
-    box = SecretBox(load_or_create_key(settings.effective_secret_key_file))
+
+
+@contextmanager
+def first_run_lock(settings: Settings) -> Iterator[None]:
+    """One process at a time prepares a data directory (migrations, the secret
+    key, the admin user), so concurrent first starts of any commands are safe."""
+    prepare_data_dir(settings)
+    with file_lock(settings.data_dir / "lattice.lock"):
+        yield
+
+
+def build_container(
+    settings: Settings, *, announce: Callable[[str], None] | None = None
+) -> Container:
+    """Wire every service.  With ``announce`` (only ``lattice serve`` and test
+    servers pass one) a missing ``admin`` user is created, and a generated
+    password is handed to ``announce`` once; without it nothing is bootstrapped."""
+    policy = _trust_policy(settings)  # a bad trust file fails before any work
+    prepare_data_dir(settings)
+    db = Database(settings.effective_database_url)
+    with first_run_lock(settings):
+        upgrade(db)
+        secure_sqlite_file(db.url)
+        box = SecretBox(load_or_create_key(settings.effective_secret_key_file))
+        metrics = Metrics()
+        audit = AuditLog(db, on_append=metrics.on_audit)
+        auth = AuthService(
+            db,
+            audit,
+            session_ttl=timedelta(hours=settings.session_ttl_hours),
+            login_limit=settings.login_max_attempts,
+            login_window=float(settings.login_window_seconds),
+        )
+        if announce is not None:
+            _bootstrap(settings, auth, announce)
     kv = SqlKV(db, max_value_bytes=settings.kv_max_value_bytes)
     static = SqlStatic(db, max_bytes=settings.static_max_bytes)
     logs = SqlPluginLogs(db)
@@ -139,11 +163,6 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
         policy=policies,
     )
     limits = HostRateLimits(parse_limits(settings.plugin_rate_limits))
-    policy = (
-        TrustPolicy.from_file(settings.plugin_trust)
-        if settings.plugin_trust
-        else TrustPolicy.default()
-    )
     loader = PluginLoader(
         plugin_dir=settings.effective_plugin_dir,
         verifier=Verifier(policy),
@@ -193,6 +212,42 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
         workers=workers,
         worker_store=SqlWorkerStore(db),
     )
+
+
+def _trust_policy(settings: Settings) -> TrustPolicy:
+    path = settings.plugin_trust
+    if path is None:
+        return TrustPolicy.default()
+    try:
+        return TrustPolicy.from_file(path)
+    except ConfigError as exc:
+        raise ConfigError(f"plugin trust file {path} (LATTICE_PLUGIN_TRUST): {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"plugin trust file {path} (LATTICE_PLUGIN_TRUST): cannot read it: {exc.strerror}"
+        ) from exc
+
+
+def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The one uvicorn configuration (``lattice serve`` and the test servers).
+
+    Forwarded headers (X-Forwarded-For / -Proto) count only from the peers in
+    ``LATTICE_TRUSTED_PROXIES``; by default from nobody (uvicorn alone would
+    trust them from 127.0.0.1)."""
+    trusted = settings.trusted_proxy_list
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "warning",
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": 10,
+        "lifespan": "on",
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": trusted or [],
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
 
 
 def _body_limits(settings: Settings) -> Callable[[str], int]:
@@ -248,11 +303,14 @@ def create_app(container: Container) -> FastAPI:
         version=__version__,
         description="Self-hosted control plane with a safe plugin platform",
         lifespan=lifespan,
+        docs_url=None,  # served by lattice.api.docs, from local assets
+        redoc_url=None,  # ReDoc would load from a CDN
     )
     app.state.container = container
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(docs_api.router)
     app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(container.settings))
     app.add_middleware(RequestContextMiddleware, metrics=container.metrics)
     return app

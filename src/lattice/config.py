@@ -7,6 +7,7 @@ over the environment.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lattice.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["LOG_LEVELS", "Settings", "load_settings"]
 
 MiB = 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _items(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 class Settings(BaseSettings):
@@ -59,6 +65,8 @@ class Settings(BaseSettings):
     notify_max_attempts: int = Field(default=8, ge=1, le=100)
     notify_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
 
+    trusted_proxies: str = ""
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
@@ -75,6 +83,31 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError("only sqlite:// and postgresql+psycopg:// URLs are supported")
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        for item in _items(value):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or CIDR; use e.g. 10.0.0.5,192.168.1.0/24"
+                ) from None
+        return value
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        """Peers whose X-Forwarded-For / -Proto headers count (empty: none)."""
+        return [str(ipaddress.ip_network(i, strict=False)) for i in _items(self.trusted_proxies)]
 
     @property
     def host(self) -> str:

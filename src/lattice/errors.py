@@ -17,6 +17,7 @@ translated into this tree at the edge with ``raise ... from exc``.
     ├── AuthError                      401  no or bad credentials
     │   └── CsrfError                  403  cookie auth without a matching CSRF token
     ├── ScopeDenied                    403  credential lacks a scope (names it)
+    ├── TokenTooBroad                  403  a token managing a token broader than itself
     ├── RateLimited                    429
     ├── StoreError                     503  database unreachable / failed
     ├── SecretError                    500  decrypting a secret failed (wrong key, tamper)
@@ -61,6 +62,7 @@ __all__ = [
     "ScopeDenied",
     "SecretError",
     "StoreError",
+    "TokenTooBroad",
     "ValidationFailed",
     "VerificationError",
     "WorkerError",
@@ -126,6 +128,11 @@ class ScopeDenied(LatticeError):
     def __init__(self, scope: str) -> None:
         super().__init__(f"missing scope {scope!r}", detail={"missing_scope": scope})
         self.scope = scope
+
+
+class TokenTooBroad(LatticeError):
+    status_code = 403
+    kind = "forbidden"
 
 
 class RateLimited(LatticeError):

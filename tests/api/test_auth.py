@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 import pytest
 from sqlalchemy import update
 
+from lattice.store.clock import now_iso
 from lattice.store.tables import api_tokens
 from tests.conftest import ADMIN_PASSWORD, LiveServer
 
@@ -184,3 +187,67 @@ def test_token_events_are_audited_without_the_secret(live: LiveServer) -> None:
     actions = {e["action"] for e in events}
     assert {"token.create", "token.revoke"} <= actions
     assert token["token"] not in admin.get("/api/audit").text
+
+
+def _expire_in(live: LiveServer, token: str, stamp: str) -> None:
+    with live.container.db.write() as conn:
+        conn.execute(
+            update(api_tokens)
+            .where(api_tokens.c.id == token.split("_")[1])
+            .values(expires_at=stamp)
+        )
+
+
+def test_a_token_never_mints_a_token_that_outlives_it(live: LiveServer) -> None:
+    parent = live.token("kv:read")
+    _expire_in(live, parent, now_iso(timedelta(hours=20)))
+    limit = live.client(parent).get("/api/tokens").json()["tokens"][0]["expires_at"]
+    client = live.client(parent)
+    never = client.post("/api/tokens", json={"name": "forever", "scopes": ["kv:read"]})
+    assert never.status_code == 201 and never.json()["expires_at"] == limit
+    later = client.post(
+        "/api/tokens", json={"name": "later", "scopes": ["kv:read"], "expires_in_days": 2}
+    )
+    assert later.status_code == 400 and limit in later.json()["error"]
+    assert later.json()["detail"] == {"max_expires_at": limit}
+    # the inherited child cannot launder the limit either
+    child = live.client(never.json()["token"])
+    again = child.post("/api/tokens", json={"name": "grandchild", "scopes": ["kv:read"]})
+    assert again.status_code == 201 and again.json()["expires_at"] == limit
+    # a session is not bound by any token
+    session, csrf = login(live)
+    free = session.post(
+        "/api/tokens", json={"name": "s", "scopes": ["kv:read"]}, headers={"X-CSRF-Token": csrf}
+    )
+    assert free.status_code == 201 and free.json()["expires_at"] is None
+
+
+def test_a_token_manages_only_tokens_no_broader_than_itself(live: LiveServer) -> None:
+    star = live.token("*", name="star")
+    wide = live.token("kv:read", "kv:write", name="wide")
+    narrow = live.token("kv:read", name="narrow")
+    peer = live.token("kv:read", name="peer")
+    ids = {name: t.split("_")[1] for name, t in
+           {"star": star, "wide": wide, "narrow": narrow, "peer": peer}.items()}  # fmt: skip
+    client = live.client(narrow)
+    listed = {t["id"] for t in client.get("/api/tokens").json()["tokens"]}
+    assert listed == {ids["narrow"], ids["peer"]}
+    for broader in ("star", "wide"):
+        r = client.delete(f"/api/tokens/{ids[broader]}")
+        assert r.status_code == 403 and "password session" in r.json()["error"], r.text
+    assert live.client(star).get("/api/me").status_code == 200  # still alive
+    assert live.client(wide).get("/api/me").status_code == 200
+    assert client.delete(f"/api/tokens/{ids['peer']}").status_code == 200
+    assert client.delete(f"/api/tokens/{ids['narrow']}").status_code == 200  # itself
+    assert live.client(narrow).get("/api/me").status_code == 401
+    # the wide token sees the narrow ones, the * token sees everything
+    assert {t["id"] for t in live.client(wide).get("/api/tokens").json()["tokens"]} == {
+        ids["wide"], ids["narrow"], ids["peer"]}  # fmt: skip
+    everything = {t["id"] for t in live.client(star).get("/api/tokens").json()["tokens"]}
+    assert set(ids.values()) <= everything
+    # a session manages every token of its user
+    session, csrf = login(live)
+    r = session.delete(f"/api/tokens/{ids['star']}", headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200
+    denied = live.admin().get("/api/audit", params={"action": "token.revoke", "decision": "deny"})
+    assert len(denied.json()["events"]) == 2

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from lattice.app import build_container
+from lattice.config import Settings
 from lattice.store.db import Database
 from lattice.store.tables import audit_events
 
@@ -28,12 +30,25 @@ def run(
 
 
 @pytest.fixture
-def env(tmp_path: Path, db_url: str) -> dict[str, str]:
+def fresh_env(tmp_path: Path, db_url: str) -> dict[str, str]:
+    """A data dir (and database) nothing has touched yet."""
     return {
         "LATTICE_DATA_DIR": str(tmp_path / "data"),
         "LATTICE_DATABASE_URL": db_url,
         "LATTICE_ADMIN_PASSWORD": "cli-admin-password",
     }
+
+
+@pytest.fixture
+def env(fresh_env: dict[str, str]) -> dict[str, str]:
+    """A data dir a server has started on once (so the admin user exists)."""
+    settings = Settings(
+        data_dir=Path(fresh_env["LATTICE_DATA_DIR"]),
+        database_url=fresh_env["LATTICE_DATABASE_URL"],
+        admin_password=fresh_env["LATTICE_ADMIN_PASSWORD"],
+    )
+    build_container(settings, announce=lambda _msg: None).close()
+    return fresh_env
 
 
 def test_help_for_every_command(env: dict[str, str]) -> None:
@@ -43,6 +58,7 @@ def test_help_for_every_command(env: dict[str, str]) -> None:
         ["db", "upgrade"],
         ["admin", "set-password"],
         ["admin", "create-user"],
+        ["admin", "unlock"],
         ["token", "create"],
         ["audit", "verify"],
     ):
@@ -54,6 +70,8 @@ def test_help_for_every_command(env: dict[str, str]) -> None:
 def test_db_upgrade_then_token_then_verify(env: dict[str, str], db_url: str) -> None:
     r = run("db", "upgrade", env=env)
     assert r.returncode == 0 and "revision 0" in r.stdout, r.stderr
+    r = run("audit", "verify", env=env)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
     r = run(
         "token",
         "create",
@@ -147,9 +165,9 @@ def test_serve_prints_the_password_once_serves_and_stops_on_sigterm(tmp_path: Pa
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert "Created user 'admin' with password:" in out
-    password = out.split("password: ", 1)[1].split()[0]
-    assert len(password) >= 16 and password not in err
+    assert "Created user 'admin' with password:" in err and "password" not in out
+    password = err.split("password: ", 1)[1].split()[0]
+    assert len(password) >= 16 and err.count(password) == 1
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
     for private in ("lattice.db", "secret.key"):
         assert (tmp_path / "data" / private).stat().st_mode & 0o777 == 0o600, private

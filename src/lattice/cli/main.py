@@ -8,18 +8,21 @@ never a traceback.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
+from sqlalchemy.engine import make_url
 
 from lattice import __version__
-from lattice.config import Settings, load_settings
+from lattice.config import LOG_LEVELS, Settings, load_settings
 from lattice.errors import AuditChainBroken, LatticeError
 
 app = typer.Typer(
@@ -40,13 +43,39 @@ app.add_typer(audit_app, name="audit")
 
 T = TypeVar("T")
 
+#: how a setting whose default is computed from another one is shown in --help
+_COMPUTED_DEFAULTS = {
+    "database_url": "SQLite at <data dir>/lattice.db",
+    "plugin_dir": "<data dir>/plugins",
+    "plugin_trust": "none: no publisher is trusted",
+}
+
+
+def setting_help(field: str, text: str) -> str:
+    """Help text naming the setting's env var and default, read from
+    :class:`Settings` so the two cannot drift apart."""
+    default = Settings.model_fields[field].default
+    if default is None:
+        shown = _COMPUTED_DEFAULTS.get(field, "none")
+    elif isinstance(default, Path) and not default.is_absolute():
+        shown = f"./{default}"
+    else:
+        shown = str(default)
+    return f"{text} (env LATTICE_{field.upper()}; default: {shown})"
+
+
 DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory [env LATTICE_DATA_DIR]")
+    Path | None, typer.Option("--data-dir", help=setting_help("data_dir", "Data directory."))
 ]
 DatabaseUrl = Annotated[
     str | None,
-    typer.Option("--database-url", help="SQLAlchemy URL [env LATTICE_DATABASE_URL]"),
+    typer.Option("--database-url", help=setting_help("database_url", "SQLAlchemy URL.")),
 ]
+
+NO_USERS = (
+    "no users yet: start the server once (`lattice serve`); it creates the admin user "
+    "and prints its one-time password to its stderr"
+)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -66,9 +95,14 @@ def _settings(**flags: Any) -> Settings:
 
 
 def _container(settings: Settings) -> Any:
+    """The services, for a command that manages users or tokens.  Never
+    bootstraps: only ``lattice serve`` creates the admin user."""
     from lattice.app import build_container
 
-    return guarded(lambda: build_container(settings))
+    container = guarded(lambda: build_container(settings))
+    if not guarded(container.auth.has_users):
+        raise fail(NO_USERS)
+    return container
 
 
 @app.callback(invoke_without_command=True)
@@ -83,22 +117,30 @@ def _root(
 @app.command()
 def serve(
     listen: Annotated[
-        str | None, typer.Option("--listen", help="HOST:PORT [env LATTICE_LISTEN]")
+        str | None, typer.Option("--listen", help=setting_help("listen", "HOST:PORT to serve on."))
     ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     plugin_dir: Annotated[
-        Path | None, typer.Option("--plugin-dir", help="Bundles [env LATTICE_PLUGIN_DIR]")
+        Path | None,
+        typer.Option("--plugin-dir", help=setting_help("plugin_dir", "Plugin bundles.")),
     ] = None,
     plugin_trust: Annotated[
-        Path | None, typer.Option("--plugin-trust", help="Trust policy [env LATTICE_PLUGIN_TRUST]")
+        Path | None,
+        typer.Option("--plugin-trust", help=setting_help("plugin_trust", "Trust policy file.")),
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option("--log-level", help="debug|info|warning [env LATTICE_LOG_LEVEL]")
+        str | None,
+        typer.Option("--log-level", help=setting_help("log_level", "|".join(LOG_LEVELS) + ".")),
     ] = None,
 ) -> None:
-    """Start the server (migrates the database first; Ctrl-C or SIGTERM stops it cleanly)."""
-    from lattice.app import create_app
+    """Start the server (migrates the database first; Ctrl-C or SIGTERM stops it cleanly).
+
+    On first start it creates the user 'admin' and prints its one-time password
+    to stderr (or uses LATTICE_ADMIN_PASSWORD).  Every other setting is read
+    from its LATTICE_* variable; see the README's configuration table.
+    """
+    from lattice.app import build_container, create_app, server_config
     from lattice.core.logging import configure_logging
 
     settings = _settings(
@@ -111,20 +153,13 @@ def serve(
     )
     configure_logging(settings.log_level)
     sock = _bind(settings.host, settings.port)
-    container = _container(settings)
+    container = guarded(
+        lambda: build_container(settings, announce=lambda msg: typer.echo(msg, err=True))
+    )
     application = create_app(container)
     host, port = sock.getsockname()[:2]
     typer.echo(f"Lattice {__version__} listening on http://{host}:{port}", err=True)
-    config = uvicorn.Config(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
-    _GracefulServer(config).run(sockets=[sock])
+    _GracefulServer(server_config(application, settings)).run(sockets=[sock])
 
 
 class _GracefulServer(uvicorn.Server):
@@ -174,6 +209,8 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
     try:
         upgrade(db)
         typer.echo(f"database at revision {current_revision(db)}")
+    except LatticeError as exc:
+        raise fail(exc.message) from None
     except Exception as exc:
         raise fail(f"migration failed: {type(exc).__name__}: {exc}") from None
     finally:
@@ -203,8 +240,8 @@ def create_user(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a user holding the given scopes (their tokens can hold no more)."""
-    password = _read_password(password_stdin)
     container = _container(_settings(data_dir=data_dir, database_url=database_url))
+    password = _read_password(password_stdin)
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     guarded(lambda: container.auth.create_user(user, password, wanted, actor="cli"))
     typer.echo(f"user {user!r} created with scopes {','.join(sorted(set(wanted)))}")
@@ -218,10 +255,22 @@ def set_password(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Set a user's password (and end their sessions)."""
-    password = _read_password(password_stdin)
     container = _container(_settings(data_dir=data_dir, database_url=database_url))
+    password = _read_password(password_stdin)
     guarded(lambda: container.auth.set_password(user, password))
     typer.echo(f"password for {user!r} updated")
+
+
+@admin_app.command("unlock")
+def unlock(
+    user: Annotated[str, typer.Argument(help="User name, e.g. admin")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Clear a user's failed logins from every address (audited as user.unlock)."""
+    container = _container(_settings(data_dir=data_dir, database_url=database_url))
+    cleared = guarded(lambda: container.auth.unlock(user))
+    typer.echo(f"cleared {cleared} failed login(s) of {user!r}")
 
 
 @token_app.command("create")
@@ -230,7 +279,7 @@ def token_create(
     scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated scopes, e.g. kv:read")],
     name: Annotated[str, typer.Option("--name", help="A label for the token")],
     expires_in_days: Annotated[
-        int | None, typer.Option("--expires-in-days", help="Expiry (default: never)")
+        int | None, typer.Option("--expires-in-days", help="Days until it expires (default: never)")
     ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -254,7 +303,9 @@ def audit_verify(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> 
     from lattice.store.db import Database
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
+    _database_exists(settings)
     db = Database(settings.effective_database_url)
+    _migrated(db)
     log = AuditLog(db)
     total = guarded(log.count)
 
@@ -273,6 +324,30 @@ def audit_verify(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> 
     typer.echo(f"audit chain OK: {checked} events verified")
 
 
+def _database_exists(settings: Settings) -> None:
+    """``audit verify`` on a data dir without a database: say so, create nothing."""
+    url = make_url(settings.effective_database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise fail(
+            f"nothing to verify: no database at {url.database} "
+            "(check --data-dir / LATTICE_DATA_DIR)"
+        )
+
+
+def _migrated(db: Any) -> None:
+    from lattice.store.migrate import check_reachable, current_revision
+
+    try:
+        check_reachable(db)
+        revision = current_revision(db)
+    except LatticeError as exc:
+        db.dispose()
+        raise fail(exc.message) from None
+    if revision is None:
+        db.dispose()
+        raise fail("nothing to verify: the database has no Lattice tables yet")
+
+
 def _mount_optional() -> None:
     try:
         from lattice.cli.plugin import plugin_app
@@ -285,4 +360,19 @@ _mount_optional()
 
 
 def main() -> None:
-    app()
+    """Run the CLI: files it creates are private to the user (umask 077), and an
+    unexpected failure is one line (LATTICE_DEBUG=1 prints the traceback)."""
+    os.umask(0o077)
+    try:
+        app()
+    except Exception as exc:  # the last line of defence: never a bare traceback
+        if os.environ.get("LATTICE_DEBUG") == "1":
+            traceback.print_exc()
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            typer.echo(
+                f"error: unexpected {type(exc).__name__}: {first} "
+                "(rerun with LATTICE_DEBUG=1 for the traceback)",
+                err=True,
+            )
+        sys.exit(1)

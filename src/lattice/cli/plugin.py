@@ -63,6 +63,8 @@ def _policy(trust: Path | None) -> TrustPolicy:
         return TrustPolicy.from_file(trust)
     except ConfigError as exc:
         raise ConfigError(f"{trust}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{trust}: cannot read the trust policy file: {exc.strerror}") from exc
 
 
 BundleArg = Annotated[Path, typer.Argument(help="Bundle directory (manifest.json + artifact).")]
@@ -78,7 +80,8 @@ def keygen_cmd(
     publisher: Annotated[str, typer.Option(help="Publisher id, e.g. acme.dev.")],
     out: Annotated[Path, typer.Option(help="Directory for <publisher>.key and .pub.")],
     trust: Annotated[
-        Path | None, typer.Option(help="Also add the public key to this trust file.")
+        Path | None,
+        typer.Option(help="Also add the public key to this trust file (default: none)."),
     ] = None,
 ) -> None:
     """Create an Ed25519 publisher key (private key file mode 0600, never overwritten)."""

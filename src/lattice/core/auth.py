@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import secrets
@@ -22,9 +23,16 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import bindparam, delete, select, update
 
 from lattice.core.audit import AuditLog
-from lattice.core.ratelimit import FailureWindow
+from lattice.core.ratelimit import LoginFailures
 from lattice.core.scopes import ALL, effective_scopes, grants, validate_scopes
-from lattice.errors import AuthError, Conflict, NotFound, RateLimited, ValidationFailed
+from lattice.errors import (
+    AuthError,
+    Conflict,
+    NotFound,
+    RateLimited,
+    TokenTooBroad,
+    ValidationFailed,
+)
 from lattice.store.clock import now_iso
 from lattice.store.db import Database
 from lattice.store.tables import api_tokens, sessions, users
@@ -85,6 +93,8 @@ class Principal:
     via: str  # "session" | "token"
     token_id: str | None = None
     csrf_hash: str | None = field(default=None, repr=False)
+    #: for a token caller: when its token expires (None: never)
+    expires_at: str | None = None
 
     def has(self, scope: str) -> bool:
         return grants(self.scopes, scope)
@@ -123,8 +133,7 @@ class AuthService:
         self._hasher = make_hasher()
         self._dummy_hash = _dummy_hash(self._hasher)
         self._session_ttl = session_ttl
-        self._by_addr = FailureWindow(login_limit * 4, login_window)
-        self._by_user = FailureWindow(login_limit, login_window)
+        self._failures = LoginFailures(db, login_limit, login_window)
 
     # -- users -----------------------------------------------------------
 
@@ -189,6 +198,19 @@ class AuthService:
             conn.execute(delete(sessions).where(sessions.c.user_id == uid))
         self._audit.append(actor=actor, action="user.password", target=f"user:{username}")
 
+    def unlock(self, username: str, *, actor: str = "cli") -> int:
+        """Forget every failed login of ``username`` (all addresses); audited."""
+        if self._user_row(username) is None:
+            raise NotFound(f"no user named {username!r}")
+        cleared = self._failures.reset(username.lower())
+        self._audit.append(
+            actor=actor,
+            action="user.unlock",
+            target=f"user:{username}",
+            detail={"failures_cleared": cleared},
+        )
+        return cleared
+
     def _user_row(self, username: str) -> Any:
         with self._db.read() as conn:
             return conn.execute(select(users).where(users.c.username == username)).first()
@@ -198,22 +220,24 @@ class AuthService:
     def login(self, username: str, password: str, *, client: str) -> tuple[str, str, Principal]:
         """Return ``(session_token, csrf_token, principal)`` or raise.
 
-        Failures are rate-limited per client address and per username; an
-        unknown user costs the same argon2 work as a wrong password.
+        Failures are rate-limited per (username, client address) and per client
+        address, never per username alone, so nobody elsewhere can lock a user
+        out; an unknown user costs the same argon2 work as a wrong password.
         """
-        addr_key, user_key = f"addr:{client}", f"user:{username.lower()[:64]}"
-        wait = max(self._by_addr.retry_after(addr_key), self._by_user.retry_after(user_key))
+        # an impossible name shares one bucket per address, and never reaches SQL raw
+        name = username.lower() if _USERNAME.match(username.lower()) else "?"
+        addr = address_bucket(client)
+        wait = self._failures.retry_after(name, addr)
         if wait > 0:
             self._deny_login(client, username, "rate limited")
             raise RateLimited("too many failed logins; try again later", retry_after=wait)
         row = self._user_row(username) if _USERNAME.match(username) else None
         ok = self._verify(row.password_hash if row else self._dummy_hash, password)
         if not ok or row is None or row.disabled:
-            self._by_addr.fail(addr_key)
-            self._by_user.fail(user_key)
+            self._failures.fail(name, addr)
             self._deny_login(client, username, "bad credentials")
             raise AuthError("invalid username or password")
-        self._by_user.reset(user_key)
+        self._failures.reset(name, addr)
         if self._hasher.check_needs_rehash(row.password_hash):
             self.set_password(username, password, actor=f"user:{username}")
         session_token = secrets.token_urlsafe(32)
@@ -310,6 +334,7 @@ class AuthService:
             scopes=scopes,
             via="token",
             token_id=row.token_id,
+            expires_at=row.expires_at,
         )
 
     def create_token(
@@ -326,10 +351,12 @@ class AuthService:
         wanted = validate_scopes(scopes)
         if expires_in_days is not None and not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
             raise ValidationFailed(f"expires_in_days must be between 1 and {MAX_TOKEN_DAYS}")
+        expires_at = now_iso(timedelta(days=expires_in_days)) if expires_in_days else None
         if isinstance(principal_or_username, Principal):
             user_id, username = principal_or_username.user_id, principal_or_username.username
             held: frozenset[str] = principal_or_username.scopes
             actor = actor or principal_or_username.actor
+            expires_at = self._bounded_expiry(principal_or_username, expires_at, actor)
         else:
             row = self._user_row(principal_or_username)
             if row is None:
@@ -359,7 +386,7 @@ class AuthService:
             name=name,
             scopes=wanted,
             created_at=now_iso(),
-            expires_at=now_iso(timedelta(days=expires_in_days)) if expires_in_days else None,
+            expires_at=expires_at,
             revoked_at=None,
             last_used_at=None,
         )
@@ -383,13 +410,54 @@ class AuthService:
         )
         return token, info
 
-    def list_tokens(self, principal: Principal) -> list[TokenInfo]:
+    def _bounded_expiry(self, parent: Principal, wanted: str | None, actor: str) -> str | None:
+        """A token never mints a token that outlives it: no expiry asked for
+        inherits the parent's, a later one is refused naming the limit."""
+        if parent.via != "token" or parent.expires_at is None:
+            return wanted
+        if wanted is None:
+            return parent.expires_at
+        if wanted > parent.expires_at:
+            self._audit.append(
+                actor=actor,
+                action="token.create",
+                target=f"user:{parent.username}",
+                decision="deny",
+                reason="would outlive the calling token",
+            )
+            raise ValidationFailed(
+                "a token cannot create a token that outlives it: the calling token expires at "
+                f"{parent.expires_at}; ask for fewer days or omit expires_in_days to inherit it",
+                detail={"max_expires_at": parent.expires_at},
+            )
+        return wanted
+
+    def _manageable(self, principal: Principal, row: Any, user_scopes: list[str]) -> bool:
+        """Session callers manage all their tokens; a token caller only itself and
+        tokens whose (effective) scopes it holds too."""
+        if principal.via != "token" or row.id == principal.token_id:
+            return True
+        theirs = effective_scopes(json.loads(row.scopes), user_scopes)
+        return all((ALL in principal.scopes) if s == ALL else principal.has(s) for s in theirs)
+
+    def _token_rows(
+        self, principal: Principal, token_id: str | None = None
+    ) -> list[tuple[Any, bool]]:
+        """The user's tokens (or the one named) with ``manageable`` worked out."""
+        query = select(api_tokens).where(api_tokens.c.user_id == principal.user_id)
+        if token_id is not None:
+            query = query.where(api_tokens.c.id == token_id)
         with self._db.read() as conn:
-            rows = conn.execute(
-                select(api_tokens)
-                .where(api_tokens.c.user_id == principal.user_id)
-                .order_by(api_tokens.c.created_at)
-            ).all()
+            rows = conn.execute(query.order_by(api_tokens.c.created_at)).all()
+            user_scopes = json.loads(
+                conn.execute(
+                    select(users.c.scopes).where(users.c.id == principal.user_id)
+                ).scalar_one()
+            )
+        return [(r, self._manageable(principal, r, user_scopes)) for r in rows]
+
+    def list_tokens(self, principal: Principal) -> list[TokenInfo]:
+        rows = [r for r, manageable in self._token_rows(principal) if manageable]
         return [
             TokenInfo(
                 id=r.id,
@@ -404,6 +472,19 @@ class AuthService:
         ]
 
     def revoke_token(self, principal: Principal, token_id: str) -> None:
+        found = self._token_rows(principal, token_id)
+        if found and not found[0][1]:
+            self._audit.append(
+                actor=principal.actor,
+                action="token.revoke",
+                target=f"token:{token_id}",
+                decision="deny",
+                reason="broader than the calling token",
+            )
+            raise TokenTooBroad(
+                f"token {token_id!r} holds scopes the calling token does not; "
+                "revoke it from a password session (log in) or with a token that holds them"
+            )
         with self._db.write() as conn:
             result = conn.execute(
                 update(api_tokens)
@@ -417,6 +498,21 @@ class AuthService:
         if result.rowcount == 0:
             raise NotFound(f"no active token with id {token_id!r}")
         self._audit.append(actor=principal.actor, action="token.revoke", target=f"token:{token_id}")
+
+
+def address_bucket(client: str) -> str:
+    """The address failed logins are counted under: an IPv4 address as is, an
+    IPv6 address by its /64 (one host usually holds the whole /64, so rotating
+    inside it buys no fresh windows)."""
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return client[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _check_password(password: str) -> None:

@@ -1,57 +1,84 @@
-"""In-memory rate limiters: a sliding failure window and token buckets.
+"""Rate limiters: failed-login windows (in the database) and token buckets.
 
-Both are per process; a restart forgets them.  That is fine for their jobs
-(slowing password guessing, keeping a plugin from flooding a host service).
+Token buckets are per process and a restart forgets them, which is fine for
+keeping a plugin from flooding a host service.  Failed logins are stored, so
+neither a restart nor a second process resets a password-guessing window.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
-__all__ = ["FailureWindow", "TokenBucket", "TokenBuckets"]
+from sqlalchemy import Connection, delete, select
+
+from lattice.store.clock import from_iso, now_iso, utcnow
+from lattice.store.db import Database
+from lattice.store.tables import login_failures
+
+__all__ = ["LoginFailures", "TokenBucket", "TokenBuckets"]
 
 Clock = Callable[[], float]
 
 
-class FailureWindow:
-    """Counts failures per key in a sliding window; blocks at ``limit``."""
+class LoginFailures:
+    """Failed logins kept in the database, so limits survive a restart and are
+    shared by every process serving the same database.
 
-    def __init__(self, limit: int, window: float, clock: Clock = time.monotonic) -> None:
+    Two sliding windows: per (username, client address) at ``limit`` and per
+    client address at ``limit * 4``.  Nothing is counted per username alone, so
+    failures from one address never block the same user at another address.
+    """
+
+    def __init__(self, db: Database, limit: int, window: float) -> None:
+        self._db = db
         self.limit = limit
+        self.addr_limit = limit * 4
         self.window = window
-        self._clock = clock
-        self._events: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
 
-    def _trim(self, key: str, now: float) -> deque[float]:
-        q = self._events.setdefault(key, deque())
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        return q
+    def retry_after(self, username: str, addr: str) -> float:
+        """Seconds until ``username`` may try again from ``addr`` (0: now)."""
+        cutoff = now_iso(timedelta(seconds=-self.window))
+        recent = login_failures.c.at > cutoff
+        pair = (login_failures.c.username == username) & (login_failures.c.addr == addr)
+        with self._db.read() as conn:
+            waits = [
+                self._wait(conn, pair & recent, self.limit),
+                self._wait(conn, (login_failures.c.addr == addr) & recent, self.addr_limit),
+            ]
+        return max(waits)
 
-    def retry_after(self, key: str) -> float:
-        """Seconds until ``key`` may try again (0 when it may try now)."""
-        with self._lock:
-            now = self._clock()
-            q = self._trim(key, now)
-            if len(q) < self.limit:
-                if not q:
-                    self._events.pop(key, None)
-                return 0.0
-            return max(0.0, q[0] + self.window - now)
+    def _wait(self, conn: Connection, where: Any, limit: int) -> float:
+        # the limit-th newest failure in the window: once it leaves, one more try is allowed
+        stamps = conn.execute(
+            select(login_failures.c.at)
+            .where(where)
+            .order_by(login_failures.c.at.desc())
+            .limit(limit)
+        ).scalars()
+        found = list(stamps)
+        if len(found) < limit:
+            return 0.0
+        left = (from_iso(found[-1]) - utcnow()).total_seconds() + self.window
+        return max(left, 0.001)
 
-    def fail(self, key: str) -> None:
-        with self._lock:
-            now = self._clock()
-            self._trim(key, now).append(now)
+    def fail(self, username: str, addr: str) -> None:
+        cutoff = now_iso(timedelta(seconds=-self.window))
+        with self._db.write() as conn:
+            conn.execute(delete(login_failures).where(login_failures.c.at <= cutoff))
+            conn.execute(login_failures.insert().values(username=username, addr=addr, at=now_iso()))
 
-    def reset(self, key: str) -> None:
-        with self._lock:
-            self._events.pop(key, None)
+    def reset(self, username: str, addr: str | None = None) -> int:
+        """Forget a user's failures (from one address, or all); return how many."""
+        where = login_failures.c.username == username
+        if addr is not None:
+            where &= login_failures.c.addr == addr
+        with self._db.write() as conn:
+            return int(conn.execute(delete(login_failures).where(where)).rowcount)
 
 
 @dataclass

@@ -27,6 +27,7 @@ __all__ = [
     "api_tokens",
     "audit_events",
     "kv_entries",
+    "login_failures",
     "metadata",
     "notify_channels",
     "notify_deliveries",
@@ -238,3 +239,19 @@ workers = Table(
     Column("updated_at", TS, nullable=False),
     Column("deployed_by", String(160), nullable=True),  # actor whose scopes allowed its reads
 )
+
+login_failures = Table(  # failed logins inside the window; pruned as new ones arrive
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False),  # as typed (lowercased), may not exist
+    Column("addr", String(64), nullable=False),  # the client address the server trusts
+    Column("at", TS, nullable=False),
+)
+Index(
+    "ix_login_failures_user_addr",
+    login_failures.c.username,
+    login_failures.c.addr,
+    login_failures.c.at,
+)
+Index("ix_login_failures_addr", login_failures.c.addr, login_failures.c.at)
