@@ -309,6 +309,7 @@ class SandboxedJsWorker:
         self._idle: list[_Child] = []  # running children waiting for a request
         self.cooldown = Cooldown()
         self.closing = False
+        self._notes: set[asyncio.Task[None]] = set()  # log writes in flight
 
     @classmethod
     async def create(
@@ -491,7 +492,8 @@ class SandboxedJsWorker:
         log.warning("JS worker %r: %s", self.name, message)
         with contextlib.suppress(RuntimeError):
             task = asyncio.ensure_future(self._log("error", message))
-            task.add_done_callback(lambda _t: None)
+            self._notes.add(task)
+            task.add_done_callback(self._notes.discard)
 
     async def close(self) -> None:
         """Stop the idle children; busy ones stop when their request ends."""
