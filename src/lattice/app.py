@@ -31,6 +31,7 @@ from lattice.config import Settings
 from lattice.container import Container
 from lattice.core.audit import AuditLog
 from lattice.core.auditbuffer import BufferedAudit
+from lattice.core.auditseal import CHECKPOINT_FILE, AuditKey, Checkpointer, CheckpointFile
 from lattice.core.auth import AuthService
 from lattice.core.metrics import Metrics
 from lattice.core.secrets import SecretBox, load_or_create_key
@@ -64,6 +65,8 @@ __all__ = ["ROUTERS", "build_container", "create_app"]
 log = logging.getLogger("lattice")
 
 VERIFY_BODY_LIMIT = 4 * 1024 * 1024
+#: how often the server writes the audit head to the checkpoint file (when it moved)
+AUDIT_CHECKPOINT_SECONDS = 10.0
 
 #: every router the app mounts; tests walk these to check each route's scope
 ROUTERS: tuple[APIRouter, ...] = (
@@ -94,7 +97,15 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
     upgrade(db)
     secure_sqlite_file(db.url)
     metrics = Metrics()
-    audit = AuditLog(db, on_append=metrics.on_audit)
+    secret_key = load_or_create_key(settings.effective_secret_key_file)
+    audit_key = AuditKey(secret_key)
+    audit = AuditLog(
+        db,
+        key=audit_key,
+        checkpoints=CheckpointFile(settings.data_dir / CHECKPOINT_FILE, audit_key),
+        on_append=metrics.on_audit,
+    )
+    audit.prepare()
     auth = AuthService(
         db,
         audit,
@@ -109,7 +120,7 @@ def build_container(settings: Settings, *, announce: Callable[[str], None] = pri
             "Created user 'admin' with password: "
             f"{generated}\n(shown once; change it with `lattice admin set-password admin`)"
         )
-    box = SecretBox(load_or_create_key(settings.effective_secret_key_file))
+    box = SecretBox(secret_key)
     kv = SqlKV(db, max_value_bytes=settings.kv_max_value_bytes)
     static = SqlStatic(db, max_bytes=settings.static_max_bytes)
     logs = SqlPluginLogs(db)
@@ -220,6 +231,8 @@ def create_app(container: Container) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         container.workers.bind_loop()
+        checkpoints = Checkpointer(container.audit.checkpoint, interval=AUDIT_CHECKPOINT_SECONDS)
+        checkpoints.start()
         container.notify.start()
         await deploy_stored_workers(container)
         await run_in_threadpool(container.plugins.start)
@@ -239,6 +252,7 @@ def create_app(container: Container) -> FastAPI:
             await run_in_threadpool(container.plugins.shutdown)
             await container.workers.close()
             await run_in_threadpool(container.close)
+            await run_in_threadpool(checkpoints.stop)  # the head after the final flush
 
     app = FastAPI(
         title="Lattice",

@@ -66,7 +66,7 @@ def test_userinfo_and_query_values_never_reach_the_audit(
         (f"http://user:pass-SECRET-U@127.0.0.1:{port}/ok?api_key=SECRET-Q1", False),
         (f"http://127.0.0.2:{port}/?api_key=SECRET-Q2", False),  # an address not opened
         (f"{base}/redirect?to=http://127.0.0.2:{port}/?k=SECRET-R", False),
-        (f"http://admin:SECRET-M@[::1/?q=SECRET-M", False),  # malformed
+        ("http://admin:SECRET-M@[::1/?q=SECRET-M", False),  # malformed
     ]
     caplog.set_level(logging.DEBUG, logger="lattice")
     live = start(penv, port)
