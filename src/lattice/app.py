@@ -34,6 +34,7 @@ from lattice.config import Settings
 from lattice.container import Container
 from lattice.core.audit import AuditLog
 from lattice.core.auditbuffer import BufferedAudit
+from lattice.core.auditseal import CHECKPOINT_FILE, AuditKey, Checkpointer, CheckpointFile
 from lattice.core.auth import AuthService
 from lattice.core.metrics import Metrics
 from lattice.core.secrets import SecretBox, load_or_create_key
@@ -67,6 +68,8 @@ __all__ = ["ROUTERS", "build_container", "create_app", "first_run_lock", "server
 log = logging.getLogger("lattice")
 
 VERIFY_BODY_LIMIT = 4 * 1024 * 1024
+#: how often the server writes the audit head to the checkpoint file (when it moved)
+AUDIT_CHECKPOINT_SECONDS = 10.0
 
 #: every router the app mounts; tests walk these to check each route's scope
 ROUTERS: tuple[APIRouter, ...] = (
@@ -122,15 +125,25 @@ def build_container(
     with first_run_lock(settings):
         upgrade(db)
         secure_sqlite_file(db.url)
-        box = SecretBox(load_or_create_key(settings.effective_secret_key_file))
+        secret_key = load_or_create_key(settings.effective_secret_key_file)
+        box = SecretBox(secret_key)
         metrics = Metrics()
-        audit = AuditLog(db, on_append=metrics.on_audit)
+        audit_key = AuditKey(secret_key)
+        audit = AuditLog(
+            db,
+            key=audit_key,
+            checkpoints=CheckpointFile(settings.data_dir / CHECKPOINT_FILE, audit_key),
+            on_append=metrics.on_audit,
+        )
+        audit.prepare()
+        host_audit = BufferedAudit(audit)  # write-behind, folds floods of identical events
         auth = AuthService(
             db,
             audit,
             session_ttl=timedelta(hours=settings.session_ttl_hours),
             login_limit=settings.login_max_attempts,
             login_window=float(settings.login_window_seconds),
+            flood_audit=host_audit,
         )
         if announce is not None:
             _bootstrap(settings, auth, announce)
@@ -152,7 +165,6 @@ def build_container(
         timeout_seconds=settings.notify_timeout_seconds,
         egress=egress,
     )
-    host_audit = BufferedAudit(audit)
     host = HostServices(
         kv=kv,
         logs=logs,
@@ -278,6 +290,8 @@ def create_app(container: Container) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         container.workers.bind_loop()
+        checkpoints = Checkpointer(container.audit.checkpoint, interval=AUDIT_CHECKPOINT_SECONDS)
+        checkpoints.start()
         container.notify.start()
         await deploy_stored_workers(container)
         await run_in_threadpool(container.plugins.start)
@@ -297,6 +311,7 @@ def create_app(container: Container) -> FastAPI:
             await run_in_threadpool(container.plugins.shutdown)
             await container.workers.close()
             await run_in_threadpool(container.close)
+            await run_in_threadpool(checkpoints.stop)  # the head after the final flush
 
     app = FastAPI(
         title="Lattice",

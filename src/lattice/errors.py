@@ -22,6 +22,8 @@ translated into this tree at the edge with ``raise ... from exc``.
     ├── StoreError                     503  database unreachable / failed
     ├── SecretError                    500  decrypting a secret failed (wrong key, tamper)
     ├── AuditChainBroken               500  audit verify found a broken link (carries seq)
+    │   └── AuditChainTruncated        500  the log ends before its latest checkpoint
+    ├── AuditCheckpointInvalid         500  the checkpoint file is unreadable or not authentic
     ├── PluginError                    400  base of the plugin platform
     │   ├── ManifestError              400  manifest breaks the v1 schema
     │   ├── CapabilityError            400  unknown / tier-forbidden capability
@@ -42,6 +44,8 @@ from typing import Any
 
 __all__ = [
     "AuditChainBroken",
+    "AuditChainTruncated",
+    "AuditCheckpointInvalid",
     "AuthError",
     "BundleError",
     "CapabilityDenied",
@@ -160,6 +164,23 @@ class AuditChainBroken(LatticeError):
         super().__init__(f"audit chain broken at seq {seq}: {reason}", detail={"seq": seq})
         self.seq = seq
         self.reason = reason
+
+
+class AuditChainTruncated(AuditChainBroken):
+    """Rows up to the latest checkpoint's ``seq`` are gone: the tail was deleted."""
+
+    def __init__(self, checkpoint_seq: int, last_seq: int) -> None:
+        reason = (
+            f"the latest checkpoint is at seq {checkpoint_seq} but the log ends at seq {last_seq}"
+        )
+        super().__init__(last_seq + 1, reason)
+        self.message = f"audit chain truncated: {reason}"
+        self.checkpoint_seq = checkpoint_seq
+        self.last_seq = last_seq
+
+
+class AuditCheckpointInvalid(LatticeError):
+    kind = "audit_checkpoint"
 
 
 class PluginError(LatticeError):

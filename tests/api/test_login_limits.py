@@ -23,6 +23,7 @@ def from_address(live: LiveServer, addr: str) -> httpx.Client:
 
 
 def deny_actors(live: LiveServer) -> list[str]:
+    live.container.host_audit.flush()  # rate-limited refusals are written behind
     r = live.admin().get("/api/audit", params={"action": "auth.login", "decision": "deny"})
     return [e["actor"] for e in r.json()["events"]]
 
@@ -124,3 +125,31 @@ def test_forwarded_headers_count_from_a_trusted_proxy_only(settings_factory: Any
         assert not [a for a in deny_actors(live) if "6.6.6.6" in a or "198.51.100.8" in a]
     finally:
         live.stop()
+
+
+def test_a_flood_of_limited_logins_is_folded_with_exact_counts(live: LiveServer) -> None:
+    import time
+
+    attacker = from_address(live, "127.0.0.9")
+    for _ in range(5):
+        assert attacker.post("/api/login", json=WRONG).status_code == 401
+    flood = 300
+    for _ in range(flood):
+        assert attacker.post("/api/login", json=WRONG).status_code == 429
+
+    def limited() -> list[dict[str, Any]]:
+        r = live.admin().get(
+            "/api/audit", params={"action": "auth.login", "decision": "deny", "limit": 500}
+        )
+        return [e for e in r.json()["events"] if e["reason"] == "rate limited"]
+
+    deadline = time.monotonic() + 30
+    rows = limited()
+    while sum(e["detail"].get("count", 1) for e in rows) < flood and time.monotonic() < deadline:
+        time.sleep(0.1)
+        rows = limited()
+    # who, what and how many are all kept, in far fewer rows than attempts
+    assert sum(e["detail"].get("count", 1) for e in rows) == flood
+    assert len(rows) < flood / 5
+    assert {e["actor"] for e in rows} == {"anon@127.0.0.9"}
+    assert {e["target"] for e in rows} == {"user:admin"}

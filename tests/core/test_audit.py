@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import threading
 
 import pytest
 from sqlalchemy import delete, select, update
 
 from lattice.core.audit import GENESIS, AuditLog, AuditQuery, canonical_json, chain_hash
+from lattice.core.auditseal import AuditKey
 from lattice.errors import AuditChainBroken, ValidationFailed
 from lattice.store.db import Database
 from lattice.store.migrate import upgrade
@@ -25,9 +27,12 @@ def db(db_url: str):  # type: ignore[no-untyped-def]
     database.dispose()
 
 
+KEY = AuditKey(os.urandom(32))
+
+
 @pytest.fixture
 def log(db: Database) -> AuditLog:
-    audit = AuditLog(db)
+    audit = AuditLog(db, key=KEY)
     for i in range(5):
         audit.append(actor="user:a", action=f"test.e{i}", target=f"t{i}", detail={"i": i})
     return audit
@@ -92,14 +97,14 @@ def test_verify_catches_reordered_rows(log: AuditLog, db: Database) -> None:
 
 
 def test_a_new_log_object_continues_the_chain(log: AuditLog, db: Database) -> None:
-    again = AuditLog(db)
+    again = AuditLog(db, key=KEY)
     event = again.append_event(actor="x", action="test.more")
     assert event.seq == 6
     assert again.verify() == 6
 
 
 def test_two_writers_on_one_database_keep_one_chain(db: Database) -> None:
-    writers = [AuditLog(db), AuditLog(db)]  # like two server processes
+    writers = [AuditLog(db, key=KEY), AuditLog(db, key=KEY)]  # like two server processes
 
     def work(audit: AuditLog, n: int) -> None:
         for i in range(n):

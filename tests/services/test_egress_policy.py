@@ -333,10 +333,12 @@ def test_parse_target_defaults_and_idn() -> None:
     assert parse_target("http://[::1]/", POLICY).host == "::1"
 
 
-def test_redact_url_drops_userinfo_and_query() -> None:
-    assert redact_url("https://u:secret@h.test:8443/p?token=abc#f") == "https://h.test:8443/p"
-    assert redact_url("http://0177.0.0.1/") == "<invalid url>"
-    assert redact_url(httpx.URL("https://h.test/x?y")) == "https://h.test/x"
+def test_redact_url_masks_userinfo_and_query_values() -> None:
+    assert redact_url("https://u:secret@h.test:8443/p?token=abc#f") == (
+        "https://***@h.test:8443/p?token=***"
+    )
+    assert redact_url("http://[::1/") == "<invalid url>"
+    assert redact_url(httpx.URL("https://h.test/x?y")) == "https://h.test/x?***"
 
 
 def test_userinfo_refusal_does_not_carry_the_password() -> None:

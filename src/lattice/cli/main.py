@@ -23,7 +23,12 @@ from sqlalchemy.engine import make_url
 
 from lattice import __version__
 from lattice.config import LOG_LEVELS, Settings, load_settings
-from lattice.errors import AuditChainBroken, LatticeError
+from lattice.errors import (
+    AuditChainBroken,
+    AuditChainTruncated,
+    AuditCheckpointInvalid,
+    LatticeError,
+)
 
 app = typer.Typer(
     name="lattice",
@@ -298,30 +303,55 @@ def token_create(
 
 @audit_app.command("verify")
 def audit_verify(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
-    """Recompute the audit hash chain; exit 1 at the first broken event."""
+    """Check the audit chain (hashes, MACs, checkpoint); exit 1 naming the first bad seq."""
     from lattice.core.audit import AuditLog
+    from lattice.core.auditseal import CHECKPOINT_FILE, AuditKey, CheckpointFile
+    from lattice.core.secrets import load_key
     from lattice.store.db import Database
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
     _database_exists(settings)
+    try:  # fail closed: without the key nothing can be said about the chain
+        key = AuditKey(load_key(settings.effective_secret_key_file))
+    except LatticeError as exc:
+        raise fail(f"cannot verify the audit chain without its key: {exc.message}", 2) from None
+    checkpoints = CheckpointFile(settings.data_dir / CHECKPOINT_FILE, key)
     db = Database(settings.effective_database_url)
     _migrated(db)
-    log = AuditLog(db)
-    total = guarded(log.count)
+    log = AuditLog(db, key=key, checkpoints=checkpoints)
 
     def progress(n: int) -> None:
         typer.echo(f"  verified {n}/{total} events", err=True)
 
     try:
+        anchor = log.latest_checkpoint()
+        total = log.count()
         checked = log.verify(progress=progress if total >= 5000 else None)
+    except AuditChainTruncated as exc:
+        typer.echo(f"audit chain TRUNCATED after seq {exc.last_seq}: {exc.reason}")
+        raise typer.Exit(1) from None
     except AuditChainBroken as exc:
         typer.echo(f"audit chain BROKEN at seq {exc.seq}: {exc.reason}")
+        raise typer.Exit(1) from None
+    except AuditCheckpointInvalid as exc:
+        typer.echo(f"audit checkpoint INVALID: {exc.message}")
         raise typer.Exit(1) from None
     except LatticeError as exc:
         raise fail(exc.message) from None
     finally:
         db.dispose()
-    typer.echo(f"audit chain OK: {checked} events verified")
+    if anchor is None:
+        typer.echo(f"audit chain OK: {checked} events verified")
+        typer.echo(
+            f"warning: no checkpoint at {checkpoints.path} yet, so a deleted tail would go "
+            "unnoticed (the server writes one at start, every 10 s and at shutdown)",
+            err=True,
+        )
+        return
+    typer.echo(
+        f"audit chain OK: {checked} events verified; "
+        f"checkpoint at seq {anchor.seq} ({anchor.ts}) matches"
+    )
 
 
 def _database_exists(settings: Settings) -> None:

@@ -6,6 +6,15 @@ correlation_id, detail}``; its hash is
 ``prev_hash`` of 64 zeros.  ``canonical_json`` is UTF-8 JSON with sorted keys
 and no insignificant whitespace.  ``detail`` is stored exactly as hashed.
 
+Keyed and checkpointed (``core.auditseal``): each row also stores
+``mac = HMAC-SHA256(chain key, hash)`` with a key derived from the secret key
+file, and the server writes the signed head to a checkpoint file outside the
+database.  :meth:`AuditLog.verify` needs the key; it refuses a row without a
+valid MAC, detail JSON with duplicate keys or not in canonical form, and a log
+that ends before the latest checkpoint.  Rows from before the chain was keyed
+get their MAC once, at the first start with the key (only while the data
+directory has no checkpoint yet, so clearing MACs later is no way back).
+
 Evolution rule: the event shape is versioned by its field set.  A new field
 may only be added with a default that is left out of the canonical form when
 it holds that default, so every old row still hashes the same.
@@ -21,16 +30,26 @@ import collections
 import functools
 import hashlib
 import json
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, bindparam, func, select, update
 
+from lattice.core.auditseal import AuditKey, Checkpoint, CheckpointFile
 from lattice.core.auditsink import Decision
-from lattice.errors import AuditChainBroken, Conflict, StoreError, ValidationFailed
+from lattice.errors import (
+    AuditChainBroken,
+    AuditChainTruncated,
+    AuditCheckpointInvalid,
+    ConfigError,
+    Conflict,
+    StoreError,
+    ValidationFailed,
+)
 from lattice.store.clock import now_iso
 from lattice.store.db import Database
 from lattice.store.tables import audit_events
@@ -45,15 +64,22 @@ __all__ = [
     "chain_hash",
 ]
 
+log = logging.getLogger("lattice.audit")
+
 GENESIS = "0" * 64
 _INSERT = audit_events.insert()
 #: column order of the row dicts built in append_many (and of the batch INSERT)
 _ROW_ORDER = (
     "seq", "ts", "actor", "action", "target", "decision", "reason", "correlation_id",
-    "detail", "prev_hash", "hash",
+    "detail", "prev_hash", "hash", "mac",
 )  # fmt: skip
 MAX_PAGE = 500
 _FIELDS = ("seq", "ts", "actor", "action", "target", "decision", "reason", "correlation_id")
+_SET_MAC = (
+    update(audit_events)
+    .where(audit_events.c.seq == bindparam("b_seq"), audit_events.c.mac.is_(None))
+    .values(mac=bindparam("b_mac"))
+)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -166,9 +192,17 @@ class AuditLog:
     """Concrete :class:`~lattice.core.auditsink.AuditSink` over the store."""
 
     def __init__(
-        self, db: Database, *, on_append: Callable[[str, str, int], None] | None = None
+        self,
+        db: Database,
+        *,
+        key: AuditKey | None = None,
+        checkpoints: CheckpointFile | None = None,
+        on_append: Callable[[str, str, int], None] | None = None,
     ) -> None:
         self._db = db
+        self._key = key
+        self._checkpoints = checkpoints
+        self._checkpointed: tuple[int, str] | None = None
         self._lock = threading.Lock()
         self._head: tuple[int, str] | None = None
         self._on_append = on_append
@@ -245,7 +279,11 @@ class AuditLog:
                     seq += 1
                     event = {"seq": seq, "ts": ts, **base}
                     digest = chain_hash(prev, event)
-                    rows.append({**event, "detail": detail_text, "prev_hash": prev, "hash": digest})
+                    mac = self._key.row_mac(digest) if self._key else None
+                    rows.append(
+                        {**event, "detail": detail_text, "prev_hash": prev, "hash": digest}
+                        | {"mac": mac}
+                    )
                     if keep:
                         events.append(AuditEvent(**{**event, "prev_hash": prev, "hash": digest}))
                     prev = digest
@@ -322,34 +360,160 @@ class AuditLog:
     def iter_all(self) -> Iterator[AuditEvent]:
         return (_row_to_event(r) for r in self._rows())
 
+    # -- keying and checkpoints --------------------------------------------
+
+    def head(self) -> tuple[int, str]:
+        """The newest ``(seq, hash)`` this process knows (``(0, GENESIS)`` when empty)."""
+        return self._head or self._load_head()
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Write the head to the checkpoint file if it moved since the last write."""
+        if self._checkpoints is None:
+            return None
+        head = self.head()
+        if head == self._checkpointed:
+            return None
+        written = self._checkpoints.write(*head)
+        self._checkpointed = head
+        return written
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        return self._checkpoints.read() if self._checkpoints is not None else None
+
+    def prepare(self) -> None:
+        """At startup: MAC the rows written before the chain was keyed (only on a
+        data directory without a checkpoint), then checkpoint the head."""
+        if self._checkpoints is None:
+            return
+        if not self._checkpoints.exists():
+            sealed = self.backfill_macs()
+            if sealed:
+                log.warning("audit chain: added MACs to %d events written before keying", sealed)
+        else:
+            try:
+                anchor = self._checkpoints.read()
+            except AuditCheckpointInvalid as exc:  # replaced below; verify reports the rest
+                log.error("%s", exc.message)
+                anchor = None
+            seq = self.head()[0]
+            if anchor is not None and anchor.seq > seq:
+                log.error(
+                    "audit log ends at seq %d but its checkpoint %s is at seq %d: events were "
+                    "deleted (or an older backup restored; then move the checkpoint aside)",
+                    seq, self._checkpoints.path, anchor.seq,
+                )  # fmt: skip
+        self.checkpoint()
+
+    def backfill_macs(self) -> int:
+        """Give each row of the leading run without a MAC its MAC, after checking its
+        link and hash; stop at the first keyed row or the first broken one."""
+        key = self._require_key()
+        expected_seq, prev = 1, GENESIS
+        updates: list[dict[str, Any]] = []
+        sealed = 0
+        for row in self._rows():
+            if row.mac is not None:
+                break
+            try:
+                prev = _check_row(row, expected_seq, prev)
+            except AuditChainBroken as exc:
+                log.error("audit chain: events from seq %d stay without MAC: %s", exc.seq, exc)
+                break
+            updates.append({"b_seq": expected_seq, "b_mac": key.row_mac(prev)})
+            expected_seq += 1
+            if len(updates) >= 1000:
+                sealed += self._set_macs(updates)
+                updates = []
+        return sealed + self._set_macs(updates)
+
+    def _set_macs(self, updates: list[dict[str, Any]]) -> int:
+        if updates:
+            with self._db.write() as conn:
+                conn.execute(_SET_MAC, updates)
+        return len(updates)
+
+    def _require_key(self) -> AuditKey:
+        if self._key is None:
+            raise ConfigError(
+                "the audit chain is keyed: checking it needs the server's secret key file"
+            )
+        return self._key
+
     def verify(self, progress: Callable[[int], None] | None = None) -> int:
         """Recompute the whole chain; return the number of events checked.
 
         Raises :class:`AuditChainBroken` with the first ``seq`` that does not
         verify: a row whose content was edited (hash mismatch), a deleted row
         (a gap in ``seq`` or a ``prev_hash`` that is not the previous hash),
-        or rows that were reordered.
+        rows that were reordered, a row without a valid MAC (re-hashed,
+        renumbered or forged), detail that is not canonical JSON or has a
+        duplicate key; :class:`AuditChainTruncated` when the log ends before
+        the latest checkpoint.  Without the key: :class:`ConfigError`.
         """
+        key = self._require_key()
+        anchor = self.latest_checkpoint()  # read first: rows appended meanwhile only add
         expected_seq, prev = 1, GENESIS
-        checked = 0
+        anchored: str | None = None
         for row in self._rows():
-            seq = int(row.seq)
-            if seq != expected_seq:
-                raise AuditChainBroken(expected_seq, f"event {expected_seq} is missing")
-            try:
-                detail = json.loads(row.detail)
-            except ValueError:
-                raise AuditChainBroken(seq, "detail is not valid JSON") from None
-            hashed = {f: getattr(row, f) for f in _FIELDS} | {"seq": seq, "detail": detail}
-            if row.prev_hash != prev:
-                raise AuditChainBroken(seq, "prev_hash does not match the previous event")
-            if chain_hash(prev, hashed) != row.hash:
-                raise AuditChainBroken(seq, "event content does not match its hash")
-            prev, expected_seq = str(row.hash), seq + 1
-            checked += 1
-            if progress is not None and checked % 1000 == 0:
-                progress(checked)
+            digest = _check_row(row, expected_seq, prev)
+            if not key.row_mac_ok(digest, row.mac):
+                missing = row.mac is None
+                raise AuditChainBroken(
+                    expected_seq,
+                    "event has no MAC (written without the key, or forged)"
+                    if missing
+                    else "event MAC does not match (re-hashed, renumbered or forged)",
+                )
+            if anchor is not None and expected_seq == anchor.seq:
+                anchored = digest
+            prev = digest
+            expected_seq += 1
+            if progress is not None and (expected_seq - 1) % 1000 == 0:
+                progress(expected_seq - 1)
+        checked = expected_seq - 1
+        if anchor is not None and anchor.seq > checked:
+            raise AuditChainTruncated(anchor.seq, checked)
+        if anchor is not None and anchor.seq > 0 and anchored != anchor.hash:
+            raise AuditChainBroken(anchor.seq, "event does not match the checkpoint")
         return checked
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in result:
+            raise _DuplicateKey(k)
+        result[k] = v
+    return result
+
+
+def _check_row(row: Any, expected_seq: int, prev: str) -> str:
+    """Check one stored row against its predecessor; return its hash."""
+    seq = int(row.seq)
+    if seq != expected_seq:
+        raise AuditChainBroken(expected_seq, f"event {expected_seq} is missing")
+    try:
+        detail = json.loads(row.detail, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise AuditChainBroken(seq, f"detail has a duplicate key {exc.args[0]!r}") from None
+    except ValueError:
+        raise AuditChainBroken(seq, "detail is not valid JSON") from None
+    try:
+        canonical = canonical_json(detail).decode("utf-8") == row.detail
+    except ValueError:  # NaN, Infinity, lone surrogates
+        canonical = False
+    if not canonical:
+        raise AuditChainBroken(seq, "detail is not in canonical form")
+    hashed = {f: getattr(row, f) for f in _FIELDS} | {"seq": seq, "detail": detail}
+    if row.prev_hash != prev:
+        raise AuditChainBroken(seq, "prev_hash does not match the previous event")
+    if chain_hash(prev, hashed) != row.hash:
+        raise AuditChainBroken(seq, "event content does not match its hash")
+    return str(row.hash)
 
 
 def _row_to_event(r: Any) -> AuditEvent:

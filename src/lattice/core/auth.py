@@ -23,6 +23,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import bindparam, delete, select, update
 
 from lattice.core.audit import AuditLog
+from lattice.core.auditsink import AuditSink
 from lattice.core.ratelimit import LoginFailures
 from lattice.core.scopes import ALL, effective_scopes, grants, validate_scopes
 from lattice.errors import (
@@ -127,9 +128,13 @@ class AuthService:
         session_ttl: timedelta = timedelta(hours=12),
         login_limit: int = 5,
         login_window: float = 300.0,
+        flood_audit: AuditSink | None = None,
     ) -> None:
         self._db = db
         self._audit = audit
+        #: where refusals that a flood repeats go (the write-behind sink, which
+        #: folds identical events into one with a count); the log itself if unset
+        self._flood_audit: AuditSink = flood_audit or audit
         self._hasher = make_hasher()
         self._dummy_hash = _dummy_hash(self._hasher)
         self._session_ttl = session_ttl
@@ -229,7 +234,7 @@ class AuthService:
         addr = address_bucket(client)
         wait = self._failures.retry_after(name, addr)
         if wait > 0:
-            self._deny_login(client, username, "rate limited")
+            self._deny_login(client, username, "rate limited", sink=self._flood_audit)
             raise RateLimited("too many failed logins; try again later", retry_after=wait)
         row = self._user_row(username) if _USERNAME.match(username) else None
         ok = self._verify(row.password_hash if row else self._dummy_hash, password)
@@ -264,8 +269,10 @@ class AuthService:
         )
         return session_token, csrf_token, principal
 
-    def _deny_login(self, client: str, username: str, reason: str) -> None:
-        self._audit.append(
+    def _deny_login(
+        self, client: str, username: str, reason: str, *, sink: AuditSink | None = None
+    ) -> None:
+        (sink or self._audit).append(
             actor=f"anon@{client}",
             action="auth.login",
             target=f"user:{username[:64]}",

@@ -2,7 +2,8 @@
 
 Blob format (versioned): ``b"L1" || nonce(12) || ciphertext+tag``.  The
 associated data binds a ciphertext to its purpose (e.g. ``b"notify-channel:7"``)
-so a blob copied into another row does not decrypt.
+so a blob copied into another row does not decrypt.  The same key file yields,
+through HKDF (:func:`derive_key`), the audit chain's MAC keys.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import secrets as _random
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lattice.errors import ConfigError, SecretError
 
-__all__ = ["SecretBox", "load_or_create_key"]
+__all__ = ["SecretBox", "derive_key", "load_key", "load_or_create_key"]
 
 _VERSION = b"L1"
 _KEY_BYTES = 32
@@ -33,11 +36,18 @@ def load_or_create_key(path: Path) -> bytes:
     else:
         with os.fdopen(fd, "wb") as fh:
             fh.write(_random.token_bytes(_KEY_BYTES))
+    return load_key(path)
+
+
+def load_key(path: Path) -> bytes:
+    """Read the existing 32-byte key; never creates one (``audit verify`` must not)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
             key = fh.read(_KEY_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"secret key file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read secret key file {path}: {exc.strerror}") from exc
     if st.st_mode & 0o077:
@@ -47,6 +57,12 @@ def load_or_create_key(path: Path) -> bytes:
     if len(key) != _KEY_BYTES:
         raise ConfigError(f"secret key file {path} must hold exactly {_KEY_BYTES} bytes")
     return key
+
+
+def derive_key(key: bytes, info: bytes) -> bytes:
+    """A 32-byte subkey for one purpose (HKDF-SHA256; ``info`` names the purpose),
+    so the AES key itself is never used for anything else."""
+    return HKDF(algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=None, info=info).derive(key)
 
 
 class SecretBox:

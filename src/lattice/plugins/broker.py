@@ -31,6 +31,7 @@ from typing import Any, NoReturn, TypeVar
 from lattice.core.audit import AuditQuery
 from lattice.core.auditsink import AuditSink
 from lattice.core.names import check_bucket, check_key, check_static_path, is_plugin_bucket
+from lattice.core.redact import redact_url
 from lattice.errors import (
     CapabilityDenied,
     HostUnavailable,
@@ -311,7 +312,7 @@ class Broker:
                 "url": str(resp.url),
             }
 
-        return self._invoke("http.do", url[:512], call, correlation_id)
+        return self._invoke("http.do", redact_url(url)[:512], call, correlation_id)
 
     # -- notifications ----------------------------------------------------
 

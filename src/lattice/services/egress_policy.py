@@ -31,6 +31,7 @@ from enum import StrEnum
 
 import httpx
 
+from lattice.core.redact import redact_url as _redact_url
 from lattice.errors import ConfigError, EgressBlocked, ValidationFailed
 
 __all__ = [
@@ -83,12 +84,8 @@ class Category(StrEnum):
 
 
 def redact_url(url: str | httpx.URL) -> str:
-    """The URL without userinfo, query or fragment (they may carry secrets)."""
-    try:
-        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
-        return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return "<invalid url>"
+    """The URL with userinfo and query values masked, no fragment (``core.redact``)."""
+    return _redact_url(url)
 
 
 def blocked(category: Category, reason: str, url: str | httpx.URL | None) -> EgressBlocked:

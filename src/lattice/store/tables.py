@@ -95,6 +95,7 @@ audit_events = Table(
     Column("detail", Text, nullable=False),  # canonical JSON, hashed as stored
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("mac", String(64), nullable=True),  # HMAC(audit key, hash); NULL only before keying
 )
 Index("ix_audit_action", audit_events.c.action)
 Index("ix_audit_actor", audit_events.c.actor)

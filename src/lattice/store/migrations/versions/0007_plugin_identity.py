@@ -8,14 +8,14 @@ NULL, and the first scan that finds the rest as approved adopts the bundle's
 entrypoint (the entrypoint was not stored before, so there is nothing to copy).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
