@@ -17,7 +17,9 @@ On the server side each worker has:
 * a watchdog per request (the child enforces the CPU budget itself; the
   watchdog only ends a child that stopped answering);
 * a :class:`Cooldown`: a worker whose requests keep exceeding their limits
-  (CPU, memory, crashes) answers a fast 503 for a while and says so in its log;
+  (CPU, memory, crashes) answers 503 without running for a while (each
+  refusal held a quarter second, so a flood of them cannot keep the server
+  busy) and says so in its log;
 * host calls from the child checked again here: only declared bindings, only
   plain arguments, before the worker's reads run them.
 """
@@ -68,6 +70,10 @@ _STARTUP_S = 30.0  # interpreter + V8 start + module top level, on a loaded mach
 #: (the child lowers its priority itself too, where ``nice`` is missing)
 _NICE: tuple[str, ...] = (_nice, "-n", "10") if (_nice := shutil.which("nice")) else ()
 _STDERR_LINES = 20
+#: a cooled-down worker's refusal is held this long (never longer than the
+#: cooldown): it costs the server nothing meanwhile, and it caps how fast a
+#: flood on a misbehaving worker can make the server answer
+COOLDOWN_HOLD_S = 0.25
 
 
 class Cooldown:
@@ -370,6 +376,7 @@ class SandboxedJsWorker:
             raise WorkerError("worker is closed")
         cooling = self.cooldown.remaining()
         if cooling > 0:
+            await asyncio.sleep(min(cooling, COOLDOWN_HOLD_S))
             raise WorkerTimeout(
                 "worker is cooling down after repeatedly exceeding its limits",
                 detail={"retry_after_seconds": round(cooling, 1)},
