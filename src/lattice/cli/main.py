@@ -311,13 +311,17 @@ def audit_verify(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> 
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
     _database_exists(settings)
+    db = Database(settings.effective_database_url)
+    _migrated(db)
     try:  # fail closed: without the key nothing can be said about the chain
         key = AuditKey(load_key(settings.effective_secret_key_file))
     except LatticeError as exc:
+        empty = guarded(AuditLog(db).count) == 0
+        db.dispose()
+        if empty:  # a first start is still under way: no key, no events yet
+            raise fail("nothing to verify yet: the audit log is empty") from None
         raise fail(f"cannot verify the audit chain without its key: {exc.message}", 2) from None
     checkpoints = CheckpointFile(settings.data_dir / CHECKPOINT_FILE, key)
-    db = Database(settings.effective_database_url)
-    _migrated(db)
     log = AuditLog(db, key=key, checkpoints=checkpoints)
 
     def progress(n: int) -> None:

@@ -312,7 +312,10 @@ class Broker:
                 "url": str(resp.url),
             }
 
-        return self._invoke("http.do", redact_url(url)[:512], call, correlation_id)
+        # a URL is audited redacted (no userinfo, no query values); a non-string
+        # argument is named by its type
+        target = redact_url(url)[:512] if isinstance(raw_url, str) else url
+        return self._invoke("http.do", target, call, correlation_id)
 
     # -- notifications ----------------------------------------------------
 
