@@ -116,7 +116,7 @@ def test_hanging_start_times_out_and_is_marked_failed(parts: tuple) -> None:  # 
     t0 = time.monotonic()
     with pytest.raises(RunnerError, match="timed out"):
         rm.arm(plugin)
-    assert time.monotonic() - t0 < 2.5
+    assert time.monotonic() - t0 < 10.0  # the runner hangs until released: never
     state = rm.state("demo.rt")
     assert state is not None and state.state == "failed" and "timed out" in state.message
     assert rm.broker("demo.rt") is None
