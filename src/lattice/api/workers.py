@@ -241,6 +241,10 @@ def _cookie_allowed(value: str) -> bool:
     return not bare.startswith(_OWN_COOKIE_PREFIX)
 
 
+#: failures whose details (the JS stack) the runtime already wrote to the log
+_LOGGED_BY_RUNTIME = frozenset({"worker threw an exception"})
+
+
 def _logs_route(live: LiveWorker) -> str:
     own = live.spec.own_bucket
     if own is not None:
@@ -274,7 +278,9 @@ async def serve(name: str, request: Request, c: C, path: str = "") -> Response:
                 raise  # the request body was over the cap: 413
             except WorkerError as exc:
                 route = _logs_route(live)
-                await _log_failure(live, f"request {request.method} /{path} failed: {exc.message}")
+                if exc.message not in _LOGGED_BY_RUNTIME:
+                    line = f"request {request.method} /{path} failed: {exc.message}"
+                    await _log_failure(live, line)
                 return error_response(
                     500, f"worker failed; see GET {route}", {"reason": exc.message}
                 )
