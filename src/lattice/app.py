@@ -233,11 +233,7 @@ def _trust_policy(settings: Settings) -> TrustPolicy:
     try:
         return TrustPolicy.from_file(path)
     except ConfigError as exc:
-        raise ConfigError(f"plugin trust file {path} (LATTICE_PLUGIN_TRUST): {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(
-            f"plugin trust file {path} (LATTICE_PLUGIN_TRUST): cannot read it: {exc.strerror}"
-        ) from exc
+        raise ConfigError(f"{exc.message} (set by LATTICE_PLUGIN_TRUST)") from exc
 
 
 def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:

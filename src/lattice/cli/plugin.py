@@ -15,7 +15,7 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
-from lattice.errors import ConfigError, LatticeError
+from lattice.errors import LatticeError
 from lattice.plugins.capabilities import allowed_types, risk_of
 from lattice.plugins.loader import load_bundle, read_bundle
 from lattice.plugins.manifest import Manifest
@@ -59,12 +59,7 @@ def _policy(trust: Path | None) -> TrustPolicy:
         trust = Path(os.environ[TRUST_ENV])
     if trust is None:
         return TrustPolicy.default()
-    try:
-        return TrustPolicy.from_file(trust)
-    except ConfigError as exc:
-        raise ConfigError(f"{trust}: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"{trust}: cannot read the trust policy file: {exc.strerror}") from exc
+    return TrustPolicy.from_file(trust)
 
 
 BundleArg = Annotated[Path, typer.Argument(help="Bundle directory (manifest.json + artifact).")]

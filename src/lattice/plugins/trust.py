@@ -183,7 +183,19 @@ class TrustPolicy:
 
     @classmethod
     def from_file(cls, path: Path) -> TrustPolicy:
-        """Read a policy file (regular file, no symlink, at most 1 MiB)."""
+        """Read a policy file (regular file, no symlink, at most 1 MiB); every
+        error names the file."""
+        try:
+            return cls._read_file(path)
+        except ConfigError as exc:
+            raise ConfigError(f"trust policy file {path}: {exc.message}") from exc
+        except OSError as exc:
+            raise ConfigError(
+                f"trust policy file {path}: cannot read it: {_strerror(exc)}"
+            ) from exc
+
+    @classmethod
+    def _read_file(cls, path: Path) -> TrustPolicy:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:

@@ -60,6 +60,7 @@ __all__ = [
     "JsWorker",
     "WorkerRequest",
     "WorkerResponse",
+    "check_worker",
     "validate_bindings",
 ]
 
@@ -177,6 +178,15 @@ def validate_bindings(bindings: Mapping[str, Mapping[str, str]]) -> dict[str, Bi
             )
         out[name] = Binding(kind="kv" if kind == "kv" else "static", bucket=bucket)
     return out
+
+
+def check_worker(source: str, bindings: Mapping[str, Mapping[str, str]]) -> dict[str, Binding]:
+    """The checks every JS worker passes before it runs anywhere: its bindings
+    and its source size.  Returns the checked bindings."""
+    checked = validate_bindings(bindings)
+    if len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+        raise WorkerError(f"worker source exceeds {MAX_SOURCE_BYTES} bytes")
+    return checked
 
 
 # ---- ES module -> script -------------------------------------------------------
@@ -394,9 +404,7 @@ class JsWorker:
         limits: JsLimits,
     ) -> JsWorker:
         """Validate everything, then load the source into a first isolate."""
-        checked = validate_bindings(bindings)
-        if len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
-            raise WorkerError(f"worker source exceeds {MAX_SOURCE_BYTES} bytes")
+        checked = check_worker(source, bindings)
         worker = cls(
             name=name,
             script=module_to_script(source),

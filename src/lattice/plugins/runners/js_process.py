@@ -45,13 +45,12 @@ from typing import Any
 import lattice
 from lattice.errors import LatticeError, PayloadTooLarge, WorkerError, WorkerTimeout
 from lattice.plugins.runners.js import (
-    MAX_SOURCE_BYTES,
     Binding,
     JsHost,
     JsLimits,
     WorkerRequest,
     WorkerResponse,
-    validate_bindings,
+    check_worker,
 )
 from lattice.plugins.runners.js_wire import (
     MEMORY_MESSAGE,
@@ -329,9 +328,7 @@ class SandboxedJsWorker:
         gate: asyncio.Semaphore | None = None,
     ) -> SandboxedJsWorker:
         """Validate, start the sandbox and load the source (its errors surface here)."""
-        checked = validate_bindings(bindings)
-        if len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
-            raise WorkerError(f"worker source exceeds {MAX_SOURCE_BYTES} bytes")
+        checked = check_worker(source, bindings)
         worker = cls(
             name=name, source=source, bindings=checked, host=host, limits=limits, gate=gate
         )
