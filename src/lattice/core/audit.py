@@ -369,25 +369,8 @@ class AuditLog:
 
     def query(self, q: AuditQuery) -> tuple[list[AuditEvent], int | None]:
         """One page of events plus the cursor for the next page (or None)."""
-        stmt: Select[Any] = select(audit_events)
-        c = audit_events.c
-        if q.action_prefix:
-            stmt = stmt.where(c.action.startswith(q.action_prefix, autoescape=True))
-        if q.actor:
-            stmt = stmt.where(c.actor == q.actor)
-        if q.decision:
-            stmt = stmt.where(c.decision == q.decision)
-        if q.target:
-            stmt = stmt.where(c.target == q.target)
-        if q.since:
-            stmt = stmt.where(c.ts >= q.since)
-        if q.until:
-            stmt = stmt.where(c.ts < q.until)
-        if q.cursor is not None:
-            stmt = stmt.where(c.seq < q.cursor if q.descending else c.seq > q.cursor)
-        stmt = stmt.order_by(c.seq.desc() if q.descending else c.seq.asc()).limit(q.limit + 1)
         with self._db.read() as conn:
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(query_statement(q)).all()
         events = [_row_to_event(r) for r in rows[: q.limit]]
         next_cursor = events[-1].seq if len(rows) > q.limit else None
         return events, next_cursor
@@ -531,6 +514,32 @@ class AuditLog:
         if anchor is not None and anchor.seq > 0 and anchored != anchor.hash:
             raise AuditChainBroken(anchor.seq, "event does not match the checkpoint")
         return checked
+
+
+def query_statement(q: AuditQuery) -> Select[Any]:
+    """The SELECT for one page: ``q.limit + 1`` rows in ``seq`` order.
+
+    Equality on target, actor or decision (alone or with decision) is served
+    by a ``(column[, decision], seq)`` index in ``seq`` order, so the newest N
+    matches cost the same at any log size (migration 0009,
+    ``tests/store/test_audit_indexes.py``)."""
+    stmt: Select[Any] = select(audit_events)
+    c = audit_events.c
+    if q.action_prefix:
+        stmt = stmt.where(c.action.startswith(q.action_prefix, autoescape=True))
+    if q.actor:
+        stmt = stmt.where(c.actor == q.actor)
+    if q.decision:
+        stmt = stmt.where(c.decision == q.decision)
+    if q.target:
+        stmt = stmt.where(c.target == q.target)
+    if q.since:
+        stmt = stmt.where(c.ts >= q.since)
+    if q.until:
+        stmt = stmt.where(c.ts < q.until)
+    if q.cursor is not None:
+        stmt = stmt.where(c.seq < q.cursor if q.descending else c.seq > q.cursor)
+    return stmt.order_by(c.seq.desc() if q.descending else c.seq.asc()).limit(q.limit + 1)
 
 
 class _DuplicateKey(ValueError):
