@@ -57,6 +57,7 @@ def test_the_filter_indexes_exist(db: Database) -> None:
     assert indexes["ix_audit_target_decision_seq"] == ["target", "decision", "seq"]
     assert indexes["ix_audit_actor_decision_seq"] == ["actor", "decision", "seq"]
     assert "ix_audit_actor" not in indexes  # (actor, seq) serves what it did
+    assert "ix_audit_action" not in indexes  # no plan could use it (migration 0009)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

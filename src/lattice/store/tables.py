@@ -97,7 +97,6 @@ audit_events = Table(
     Column("hash", String(64), nullable=False),
     Column("mac", String(64), nullable=True),  # HMAC(audit key, hash); NULL only before keying
 )
-Index("ix_audit_action", audit_events.c.action)
 Index("ix_audit_ts", audit_events.c.ts)
 # filters served newest-first in seq order (migration 0009)
 Index("ix_audit_target_seq", audit_events.c.target, audit_events.c.seq)
