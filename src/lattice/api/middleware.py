@@ -7,7 +7,7 @@ declared ``Content-Length`` above the limit is refused before reading.
 
 from __future__ import annotations
 
-import logging
+import itertools
 import re
 import secrets
 import time
@@ -16,13 +16,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lattice.core.logging import request_id_var
+from lattice.core.logging import access, request_id_var
 from lattice.core.metrics import Metrics
 from lattice.errors import PayloadTooLarge
 
 __all__ = ["BodyLimitMiddleware", "RequestContextMiddleware"]
 
-log = logging.getLogger("lattice.access")
 _RID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 # Client-chosen methods must not mint new metric series.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -31,14 +30,18 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
-        self.metrics = metrics
+        self.stats = metrics.http
+        # Request ids need to be unique, not unguessable: a random prefix per
+        # process and a counter (no system call per request).
+        prefix = secrets.token_hex(4)
+        self._ids = (f"{prefix}{n & 0xFFFFFFFF:08x}" for n in itertools.count(secrets.randbits(32)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, b"x-request-id")
-        rid = incoming if incoming and _RID.fullmatch(incoming) else secrets.token_hex(8)
+        rid = incoming if incoming and _RID.fullmatch(incoming) else next(self._ids)
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status = 500
@@ -60,9 +63,8 @@ class RequestContextMiddleware:
             template = getattr(route, "path", None) or "<unmatched>"
             method = scope.get("method", "-")
             method = method if method in _METHODS else "OTHER"
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(elapsed)
-            log.info("%s %s %s %.1fms", method, template, status, elapsed * 1000)
+            self.stats.record(method, template, status, elapsed)
+            access(rid, f"{method} {template} {status} {elapsed * 1000:.1f}ms")
             request_id_var.reset(token)
 
 

@@ -62,6 +62,11 @@ _TOKEN_LOOKUP = (
     .join(users, users.c.id == api_tokens.c.user_id)
     .where(api_tokens.c.token_hash == bindparam("token_hash"))
 )
+_SESSION_LOOKUP = (
+    select(sessions.c.csrf_hash, sessions.c.expires_at, users)
+    .join(users, users.c.id == sessions.c.user_id)
+    .where(sessions.c.id == bindparam("session_hash"))
+)
 MIN_PASSWORD = 12
 
 
@@ -139,6 +144,8 @@ class AuthService:
         self._dummy_hash = _dummy_hash(self._hasher)
         self._session_ttl = session_ttl
         self._failures = LoginFailures(db, login_limit, login_window)
+        self._token_lookup = db.prepare(_TOKEN_LOOKUP)
+        self._session_lookup = db.prepare(_SESSION_LOOKUP)
 
     # -- users -----------------------------------------------------------
 
@@ -296,12 +303,7 @@ class AuthService:
     def from_session(self, session_token: str) -> Principal:
         if not session_token or len(session_token) > 128:
             raise AuthError("session is invalid or expired; log in again")
-        with self._db.read() as conn:
-            row = conn.execute(
-                select(sessions.c.csrf_hash, sessions.c.expires_at, users)
-                .join(users, users.c.id == sessions.c.user_id)
-                .where(sessions.c.id == _sha256(session_token))
-            ).first()
+        row = self._session_lookup.first(session_hash=_sha256(session_token))
         if row is None or row.expires_at <= now_iso() or row.disabled:
             raise AuthError("session is invalid or expired; log in again")
         return Principal(
@@ -324,8 +326,7 @@ class AuthService:
         match = _TOKEN.match(token)
         if not match:
             raise AuthError("malformed bearer token; tokens look like lat_<id>_<secret>")
-        with self._db.read() as conn:
-            row = conn.execute(_TOKEN_LOOKUP, {"token_hash": _sha256(token)}).first()
+        row = self._token_lookup.first(token_hash=_sha256(token))
         if row is None or row.token_id != match.group(1):
             raise AuthError("unknown bearer token")
         if row.revoked_at is not None:
