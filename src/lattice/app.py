@@ -29,7 +29,7 @@ from lattice.api import plugins as plugins_api
 from lattice.api import static as static_api
 from lattice.api import workers as workers_api
 from lattice.api.errors import install_error_handlers
-from lattice.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from lattice.api.middleware import RequestMiddleware
 from lattice.config import Settings
 from lattice.container import Container
 from lattice.core.audit import AuditLog
@@ -338,6 +338,7 @@ def create_app(container: Container) -> FastAPI:
     install_error_handlers(app)
     for router in (*ROUTERS, docs_api.router):
         _mount(app, router)
-    app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(container.settings))
-    app.add_middleware(RequestContextMiddleware, metrics=container.metrics)
+    app.add_middleware(
+        RequestMiddleware, metrics=container.metrics, limit_for=_body_limits(container.settings)
+    )
     return app
