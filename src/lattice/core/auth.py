@@ -8,6 +8,7 @@ format: ``lat_<id>_<secret>``; the id is public (listing, revocation).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -68,6 +69,13 @@ _SESSION_LOOKUP = (
     .where(sessions.c.id == bindparam("session_hash"))
 )
 MIN_PASSWORD = 12
+
+
+@functools.lru_cache(maxsize=1024)
+def _token_scopes(token_json: str, user_json: str) -> frozenset[str]:
+    """A token's effective scopes from the two stored JSON lists (pure, so the
+    parse is cached by the exact stored text; a changed grant is new text)."""
+    return effective_scopes(json.loads(token_json), json.loads(user_json))
 
 
 def make_hasher() -> PasswordHasher:
@@ -335,7 +343,7 @@ class AuthService:
             raise AuthError("bearer token has expired; create a new one")
         if row.disabled:
             raise AuthError("the token's user is disabled")
-        scopes = effective_scopes(json.loads(row.token_scopes), json.loads(row.scopes))
+        scopes = _token_scopes(row.token_scopes, row.scopes)
         return Principal(
             user_id=row.id,
             username=row.username,
