@@ -7,13 +7,24 @@ import itertools
 import json
 import os
 import threading
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import delete, select, update
 
-from lattice.core.audit import GENESIS, AuditLog, AuditQuery, canonical_json, chain_hash
+from lattice.core.audit import (
+    GENESIS,
+    AuditLog,
+    AuditQuery,
+    PendingEvent,
+    canonical_json,
+    chain_hash,
+)
 from lattice.core.auditseal import AuditKey
 from lattice.errors import AuditChainBroken, ValidationFailed
+from lattice.store.clock import now_iso
 from lattice.store.db import Database
 from lattice.store.migrate import upgrade
 from lattice.store.tables import audit_events
@@ -150,3 +161,84 @@ def test_control_characters_in_text_fields_are_made_visible(log: AuditLog) -> No
     event = log.append_event(actor="a\x00b", action="test.ctl", target="x\ny", reason="r\x7f")
     assert event.actor == "a\\x00b" and event.target == "x\\x0ay" and event.reason == "r\\x7f"
     assert log.verify() == 6
+
+
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(
+    actor=_TEXT,
+    action=_TEXT,
+    target=_TEXT,
+    decision=st.sampled_from(["allow", "deny"]),
+    reason=_TEXT,
+    correlation_id=st.none() | _TEXT,
+    detail=st.none() | st.dictionaries(_TEXT, _JSON, max_size=5),
+    seq=st.integers(min_value=1, max_value=2**63 - 1),
+)
+def test_event_bytes_are_the_canonical_json(**kw: Any) -> None:
+    """The append path builds the hashed bytes around seq and ts; they must be
+    exactly canonical_json of the event, or verify() would reject the chain."""
+    seq = kw.pop("seq")
+    pending = PendingEvent(**kw)
+    base, detail_text = pending.normalized
+    ts = now_iso()
+    event = {"seq": seq, "ts": ts, **base}
+    assert pending.event_bytes(seq, ts) == canonical_json(event)
+    assert detail_text == canonical_json(base["detail"]).decode()
+
+
+def test_detail_with_non_string_keys_is_stored_in_verifiable_form(log: AuditLog) -> None:
+    # {1, 2, 10} sort as numbers before encoding and as strings after: only the
+    # second text is canonical, and that is the one hashed and stored
+    event = log.append_event(actor="a", action="test.keys", detail={1: "a", 10: "b", 2: "c"})
+    assert event.detail == {"1": "a", "10": "b", "2": "c"}
+    assert log.verify() == 6
+
+
+def test_two_databases_on_one_file_keep_one_chain(db: Database) -> None:
+    # two Database objects are two connection pools (two kept insert
+    # connections on SQLite), like two server processes sharing the database
+    other = Database(db.url)
+    try:
+        writers = [AuditLog(db, key=KEY), AuditLog(other, key=KEY)]
+        for w in writers:
+            w.append(actor="w", action="test.first")  # both now cache a head
+
+        def work(audit: AuditLog, n: int) -> None:
+            for i in range(n):
+                audit.append(actor="w", action="test.race", detail={"i": i})
+
+        threads = [threading.Thread(target=work, args=(w, 40)) for w in writers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert writers[1].verify() == 82
+    finally:
+        other.dispose()
+
+
+def test_a_batch_is_all_or_nothing(log: AuditLog, db: Database) -> None:
+    # another writer took seq 7 behind the log's back, so its cached head (5) is
+    # stale: the batch 6..8 fails on 7 as a whole (no row 6 stays), the log
+    # reloads its head and appends the batch after the other writer's row
+    squat = "ab" * 32
+    with db.write() as conn:
+        conn.execute(
+            audit_events.insert(),
+            {"seq": 7, "ts": now_iso(), "actor": "x", "action": "test.squat", "target": "",
+             "decision": "allow", "reason": "", "correlation_id": None, "detail": "{}",
+             "prev_hash": GENESIS, "hash": squat, "mac": None},
+        )  # fmt: skip
+    events = log.append_many([PendingEvent(actor="b", action=f"test.b{i}") for i in range(3)])
+    assert [e.seq for e in events] == [8, 9, 10]
+    assert events[0].prev_hash == squat
+    with db.read() as conn:
+        seqs = conn.execute(select(audit_events.c.seq).order_by(audit_events.c.seq)).scalars()
+        assert list(seqs) == [1, 2, 3, 4, 5, 7, 8, 9, 10]

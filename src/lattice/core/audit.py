@@ -67,7 +67,6 @@ __all__ = [
 log = logging.getLogger("lattice.audit")
 
 GENESIS = "0" * 64
-_INSERT = audit_events.insert()
 #: column order of the row dicts built in append_many (and of the batch INSERT)
 _ROW_ORDER = (
     "seq", "ts", "actor", "action", "target", "decision", "reason", "correlation_id",
@@ -82,10 +81,18 @@ _SET_MAC = (
 )
 
 
+#: the string encoder json.dumps(ensure_ascii=False) uses (the C one when present)
+_enc = json.encoder.encode_basestring
+
+
+#: one encoder for canonical JSON (json.dumps would build one per call)
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
 
 
 def chain_hash(prev_hash: str, event: dict[str, Any]) -> str:
@@ -174,8 +181,13 @@ class PendingEvent:
         if self.decision not in ("allow", "deny"):
             raise ValueError(f"decision must be allow or deny, not {self.decision!r}")
         # Round-trip the detail through canonical JSON so what we hash is what
-        # we store and what a verifier will read back.
+        # we store and what a verifier will read back.  The text is encoded again
+        # from what it parses to: a dict with non-string keys ({1: .., 10: .., 2: ..})
+        # sorts differently once its keys are strings, and only the second text
+        # is a fixed point that verify() accepts as canonical.
         detail_text = canonical_json(self.detail or {}).decode("utf-8")
+        detail = json.loads(detail_text)
+        again = canonical_json(detail).decode("utf-8")
         base = {
             "actor": _clip(self.actor, 128),
             "action": _clip(self.action, 128),
@@ -183,9 +195,41 @@ class PendingEvent:
             "decision": self.decision,
             "reason": _clip(self.reason, 2000),
             "correlation_id": _clip(self.correlation_id, 64) if self.correlation_id else None,
-            "detail": json.loads(detail_text),
+            "detail": detail,
         }
-        return base, detail_text
+        return base, again
+
+    @functools.cached_property
+    def hash_parts(self) -> tuple[bytes, bytes]:
+        """The canonical JSON of the event around its ``seq`` and ``ts``.
+
+        The canonical form of ``{seq, ts, actor, action, target, decision,
+        reason, correlation_id, detail}`` is, keys sorted::
+
+            {"action":..,"actor":..,"correlation_id":..,"decision":..,"detail":..,
+             "reason":..,"seq":N,"target":..,"ts":"T"}
+
+        so everything but ``N`` and ``T`` is fixed once the event is normalized.
+        Each string is encoded by the same encoder ``json.dumps`` uses and the
+        detail is its canonical text, so ``head + N + mid + T + '"}'`` equals
+        ``canonical_json(event)`` byte for byte (pinned by
+        ``tests/core/test_audit.py::test_event_bytes_are_the_canonical_json``)."""
+        base, detail_text = self.normalized
+        corr = base["correlation_id"]
+        head = (
+            f'{{"action":{_enc(base["action"])},"actor":{_enc(base["actor"])},'
+            f'"correlation_id":{"null" if corr is None else _enc(corr)},'
+            f'"decision":{_enc(base["decision"])},"detail":{detail_text},'
+            f'"reason":{_enc(base["reason"])},"seq":'
+        )
+        mid = f',"target":{_enc(base["target"])},"ts":"'
+        return head.encode("utf-8"), mid.encode("utf-8")
+
+    def event_bytes(self, seq: int, ts: str) -> bytes:
+        """``canonical_json`` of this event at ``seq`` and ``ts`` (a fixed-width
+        timestamp, which needs no escaping), without encoding it as a whole."""
+        head, mid = self.hash_parts
+        return b'%s%d%s%s"}' % (head, seq, mid, ts.encode("ascii"))
 
 
 class AuditLog:
@@ -232,7 +276,7 @@ class AuditLog:
         correlation_id: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        self.append_event(
+        pending = PendingEvent(
             actor=actor,
             action=action,
             target=target,
@@ -241,6 +285,7 @@ class AuditLog:
             correlation_id=correlation_id,
             detail=detail,
         )
+        self.append_many([pending], keep=False)
 
     def append_event(
         self,
@@ -269,31 +314,27 @@ class AuditLog:
 
         Returns the appended events, or nothing when ``keep`` is False (the
         write-behind buffer does not need them)."""
-        bases = [p.normalized for p in pending]
+        for p in pending:  # JSON work (and its errors) before taking the lock
+            _ = p.hash_parts
+        mac = self._key.row_mac_raw if self._key is not None else None
         with self._lock:
             for _attempt in range(20):
                 seq, prev = self._head or self._load_head()
-                rows, events = [], []
+                rows: list[tuple[Any, ...]] = []
                 ts = now_iso()  # one batch, one moment
-                for base, detail_text in bases:
+                for p in pending:
                     seq += 1
-                    event = {"seq": seq, "ts": ts, **base}
-                    digest = chain_hash(prev, event)
-                    mac = self._key.row_mac(digest) if self._key else None
-                    rows.append(
-                        {**event, "detail": detail_text, "prev_hash": prev, "hash": digest}
-                        | {"mac": mac}
-                    )
-                    if keep:
-                        events.append(AuditEvent(**{**event, "prev_hash": prev, "hash": digest}))
+                    raw = hashlib.sha256(bytes.fromhex(prev) + p.event_bytes(seq, ts)).digest()
+                    digest = raw.hex()
+                    base, detail_text = p.normalized
+                    rows.append((
+                        seq, ts, base["actor"], base["action"], base["target"],
+                        base["decision"], base["reason"], base["correlation_id"],
+                        detail_text, prev, digest, mac(raw) if mac is not None else None,
+                    ))  # fmt: skip
                     prev = digest
                 try:
-                    with self._db.write() as conn:
-                        if len(rows) == 1:
-                            conn.execute(_INSERT, rows[0])
-                        else:  # batches go straight to the driver's executemany
-                            values = [tuple(r[c] for c in _ROW_ORDER) for r in rows]
-                            conn.exec_driver_sql(self._insert_sql, values)
+                    self._db.insert_rows(self._insert_sql, rows)
                 except Conflict:
                     self._head = None  # another process appended; reload and retry
                     continue
@@ -305,34 +346,31 @@ class AuditLog:
             else:  # pragma: no cover - needs 20 consecutive lost races
                 raise StoreError("could not append to the audit log under contention")
         if self._on_append is not None:
-            counts = collections.Counter((b["action"], b["decision"]) for b, _ in bases)
-            for (action, decision), n in counts.items():
-                self._on_append(action, decision, n)
-        return events
+            if len(pending) == 1:
+                self._on_append(pending[0].normalized[0]["action"], pending[0].decision, 1)
+            else:
+                counts = collections.Counter(
+                    (p.normalized[0]["action"], p.decision) for p in pending
+                )
+                for (action, decision), n in counts.items():
+                    self._on_append(action, decision, n)
+        if not keep:
+            return []
+        return [
+            AuditEvent(
+                seq=r[0], ts=r[1], actor=r[2], action=r[3], target=r[4], decision=r[5],
+                reason=r[6], correlation_id=r[7], detail=p.normalized[0]["detail"],
+                prev_hash=r[9], hash=r[10],
+            )
+            for p, r in zip(pending, rows, strict=True)
+        ]  # fmt: skip
 
     # -- reading ---------------------------------------------------------
 
     def query(self, q: AuditQuery) -> tuple[list[AuditEvent], int | None]:
         """One page of events plus the cursor for the next page (or None)."""
-        stmt: Select[Any] = select(audit_events)
-        c = audit_events.c
-        if q.action_prefix:
-            stmt = stmt.where(c.action.startswith(q.action_prefix, autoescape=True))
-        if q.actor:
-            stmt = stmt.where(c.actor == q.actor)
-        if q.decision:
-            stmt = stmt.where(c.decision == q.decision)
-        if q.target:
-            stmt = stmt.where(c.target == q.target)
-        if q.since:
-            stmt = stmt.where(c.ts >= q.since)
-        if q.until:
-            stmt = stmt.where(c.ts < q.until)
-        if q.cursor is not None:
-            stmt = stmt.where(c.seq < q.cursor if q.descending else c.seq > q.cursor)
-        stmt = stmt.order_by(c.seq.desc() if q.descending else c.seq.asc()).limit(q.limit + 1)
         with self._db.read() as conn:
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(query_statement(q)).all()
         events = [_row_to_event(r) for r in rows[: q.limit]]
         next_cursor = events[-1].seq if len(rows) > q.limit else None
         return events, next_cursor
@@ -476,6 +514,32 @@ class AuditLog:
         if anchor is not None and anchor.seq > 0 and anchored != anchor.hash:
             raise AuditChainBroken(anchor.seq, "event does not match the checkpoint")
         return checked
+
+
+def query_statement(q: AuditQuery) -> Select[Any]:
+    """The SELECT for one page: ``q.limit + 1`` rows in ``seq`` order.
+
+    Equality on target, actor or decision (alone or with decision) is served
+    by a ``(column[, decision], seq)`` index in ``seq`` order, so the newest N
+    matches cost the same at any log size (migration 0009,
+    ``tests/store/test_audit_indexes.py``)."""
+    stmt: Select[Any] = select(audit_events)
+    c = audit_events.c
+    if q.action_prefix:
+        stmt = stmt.where(c.action.startswith(q.action_prefix, autoescape=True))
+    if q.actor:
+        stmt = stmt.where(c.actor == q.actor)
+    if q.decision:
+        stmt = stmt.where(c.decision == q.decision)
+    if q.target:
+        stmt = stmt.where(c.target == q.target)
+    if q.since:
+        stmt = stmt.where(c.ts >= q.since)
+    if q.until:
+        stmt = stmt.where(c.ts < q.until)
+    if q.cursor is not None:
+        stmt = stmt.where(c.seq < q.cursor if q.descending else c.seq > q.cursor)
+    return stmt.order_by(c.seq.desc() if q.descending else c.seq.asc()).limit(q.limit + 1)
 
 
 class _DuplicateKey(ValueError):

@@ -217,7 +217,7 @@ def _encodable(event: PendingEvent) -> bool:
     path does no JSON work; an event whose detail cannot be encoded is dropped
     with an error instead of wedging its whole batch."""
     try:
-        _ = event.normalized
+        _ = event.hash_parts  # the normalized event and its hashed bytes
     except (TypeError, ValueError) as exc:
         log.error("dropping audit event %s: detail is not JSON (%s)", event.action, exc)
         return False

@@ -53,11 +53,13 @@ def _json(value: object) -> bytes:
 class AuditKey:
     """The chain's MAC keys; derived, never stored, never printed."""
 
-    __slots__ = ("_chain", "_checkpoint")
+    __slots__ = ("_chain", "_chain_hmac", "_checkpoint")
 
     def __init__(self, secret_key: bytes) -> None:
         self._chain = derive_key(secret_key, b"lattice audit chain v1")
         self._checkpoint = derive_key(secret_key, b"lattice audit checkpoint v1")
+        # keyed once; each row MAC copies it (cheaper than keying per call)
+        self._chain_hmac = hmac.new(self._chain, digestmod="sha256")
 
     def __repr__(self) -> str:
         return "AuditKey(<hidden>)"
@@ -65,6 +67,12 @@ class AuditKey:
     def row_mac(self, digest: str) -> str:
         """The MAC of one row, over its (hex) chain hash."""
         return hmac.digest(self._chain, bytes.fromhex(digest), "sha256").hex()
+
+    def row_mac_raw(self, digest: bytes) -> str:
+        """:meth:`row_mac` of a digest given as its 32 raw bytes (the append path)."""
+        h = self._chain_hmac.copy()
+        h.update(digest)
+        return h.hexdigest()
 
     def row_mac_ok(self, digest: str, mac: str | None) -> bool:
         if mac is None or len(digest) != 64 or not _HEX64.issuperset(digest):

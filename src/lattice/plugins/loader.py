@@ -11,6 +11,21 @@ Layout: each non-hidden subdirectory ``<plugin_dir>/<bundle>/`` holds
 3. decode the manifest strictly, hash the artifact in 1 MiB chunks;
 4. hand both to the :class:`~lattice.plugins.trust.Verifier`.
 
+Rescans reuse a bundle's last verdict (loaded or rejected) only when nothing
+it was made from can have changed: the manifest bytes (always re-read, step 2)
+are equal, the verifier and its trust policy are the same objects, and the
+opened artifact's ``fstat`` identity ``(st_dev, st_ino, st_size, st_mtime_ns,
+st_ctime_ns)`` is equal.  ``st_ctime`` is set by the kernel on every write,
+truncate, rename onto and ``utime``, and no user can set it, so rewriting an
+artifact with the same size and a restored mtime, or swapping in another file,
+is still hashed again.  An artifact changed less than ``SETTLE_NS`` before it
+was read is not cached at all (timestamps come from a coarse clock, so a
+rewrite in the same tick could keep every field); it is hashed on every scan
+until it has settled.  The one thing a timestamp does not see is a write
+through a shared mapping to a page that is already dirty; it never reaches a
+plugin unverified, because runners read the artifact through
+:meth:`LoadedPlugin.read_artifact`, which hashes the bytes it returns.
+
 A bad bundle never stops a scan: LatticeError and OSError become a
 :class:`Rejection`.  When several verified bundles claim the same id (an
 unverified bundle cannot knock out a verified one), the bundle from the
@@ -35,6 +50,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,7 +62,7 @@ from typing import Any
 from lattice.core.auditsink import AuditSink
 from lattice.errors import BundleError, LatticeError, VerificationError
 from lattice.plugins.manifest import Manifest
-from lattice.plugins.trust import Verification, Verifier
+from lattice.plugins.trust import TrustPolicy, Verification, Verifier
 
 __all__ = [
     "ARTIFACT_FILE",
@@ -69,6 +85,9 @@ ARTIFACT_FILE = "artifact"
 AUDIT_ACTOR = "system:plugin-loader"
 CHUNK = 1024 * 1024
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+#: an artifact whose ctime or mtime is closer than this to the moment it was read
+#: is hashed again on the next scan instead of being cached (module docstring)
+SETTLE_NS = 2_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +104,25 @@ class RawBundle:
     manifest_bytes: bytes
     artifact_sha256: str
     artifact_size: int
+
+
+#: what an artifact's fstat says about its identity and content
+FileIdentity = tuple[int, int, int, int, int]
+
+
+def _identity(st: os.stat_result) -> FileIdentity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """A bundle's last scan outcome and everything it was derived from."""
+
+    artifact: FileIdentity
+    manifest: bytes
+    verifier: Verifier
+    policy: TrustPolicy
+    outcome: LoadedPlugin | str
 
 
 def display_name(name: str) -> str:
@@ -325,6 +363,7 @@ class PluginLoader:
         self._loaded: Mapping[str, LoadedPlugin] = MappingProxyType({})
         self._rejected: dict[str, Rejection] = {}
         self._buf = bytearray(CHUNK)  # reused by scan(), under the lock
+        self._verdicts: dict[str, _Verdict] = {}  # bundle dir name -> last verdict
 
     @property
     def loaded(self) -> Mapping[str, LoadedPlugin]:
@@ -345,6 +384,7 @@ class PluginLoader:
                 f"cannot open plugin directory: {os.strerror(exc.errno or 0)}"
             ) from exc
         results: dict[str, LoadedPlugin | str] = {}
+        verdicts: dict[str, _Verdict] = {}
         try:
             for entry in sorted(os.scandir(dir_fd), key=lambda e: e.name):
                 name = display_name(entry.name)
@@ -356,20 +396,62 @@ class PluginLoader:
                 if not entry.is_dir(follow_symlinks=False):
                     continue
                 try:
-                    raw = _read_bundle_at(dir_fd, entry.name, self.limits, self._buf)
-                    results[name] = LoadedPlugin(
-                        _verify_raw(raw, self.verifier),
-                        name,
-                        self.plugin_dir / entry.name,
-                        self.limits.max_artifact_bytes,
-                    )
+                    results[name] = self._read_one(dir_fd, entry.name, name, verdicts)
                 except LatticeError as exc:
                     results[name] = str(exc)
                 except OSError as exc:
                     results[name] = f"cannot read bundle: {os.strerror(exc.errno or 0)}"
         finally:
             os.close(dir_fd)
+        self._verdicts = verdicts  # bundles gone from the directory are forgotten
         return results
+
+    def _read_one(
+        self, dir_fd: int, entry: str, name: str, verdicts: dict[str, _Verdict]
+    ) -> LoadedPlugin | str:
+        """One bundle's outcome: its last verdict if nothing it came from changed,
+        else read, hash and verify it (steps 1-4 of the module docstring)."""
+        limits = self.limits
+        verifier, policy = self.verifier, self.verifier.policy
+        with _open_at(dir_fd, entry, "bundle directory", directory=True) as bundle_fd:
+            with _open_at(bundle_fd, MANIFEST_FILE, MANIFEST_FILE) as fd:
+                manifest = _read_small(fd, MANIFEST_FILE, limits.max_manifest_bytes)
+            with _open_at(bundle_fd, ARTIFACT_FILE, ARTIFACT_FILE) as fd:
+                read_at = time.time_ns()
+                before = os.fstat(fd)
+                key = _identity(before)
+                old = self._verdicts.get(entry)
+                if (
+                    old is not None
+                    and old.artifact == key
+                    and old.manifest == manifest
+                    and old.verifier is verifier
+                    and old.policy is policy
+                ):
+                    verdicts[entry] = old
+                    return old.outcome
+                digest, size = _hash_capped(fd, ARTIFACT_FILE, limits.max_artifact_bytes, self._buf)
+                after = os.fstat(fd)
+        raw = RawBundle(name, manifest, digest, size)
+        outcome: LoadedPlugin | str
+        try:
+            outcome = LoadedPlugin(
+                _verify_raw(raw, verifier),
+                name,
+                self.plugin_dir / entry,
+                limits.max_artifact_bytes,
+            )
+        except LatticeError as exc:
+            outcome = str(exc)
+        settled = read_at - SETTLE_NS
+        if (
+            _identity(after) == key
+            and size == before.st_size
+            and before.st_ctime_ns < settled
+            and before.st_mtime_ns < settled
+        ):
+            verdicts[entry] = _Verdict(key, manifest, verifier, policy, outcome)
+        return outcome
 
     @classmethod
     def _reject_duplicates(

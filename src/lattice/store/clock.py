@@ -12,7 +12,10 @@ def utcnow() -> datetime:
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # the same text as strftime("%Y-%m-%dT%H:%M:%S.%fZ") in half the time (an
+    # audit append takes one); isoformat always pads the year to four digits
+    text = moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+    return text + "Z"
 
 
 def now_iso(offset: timedelta | None = None) -> str:

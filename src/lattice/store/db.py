@@ -11,6 +11,16 @@ Driver errors are translated here, at the edge: an integrity violation becomes
 :class:`~lattice.errors.Conflict`, a value the database cannot store (NUL in
 PostgreSQL text, an over-long string) :class:`~lattice.errors.ValidationFailed`,
 anything else :class:`~lattice.errors.StoreError`.
+
+``Database.insert_rows()`` is the hot path for append-only tables (the audit
+chain): one committed transaction that runs one driver-level ``INSERT`` per
+row, with no SQL compilation.  On SQLite it uses one connection kept for it
+(set up by the same connect hook, so the same pragmas) whose statement stays
+prepared in the driver's statement cache; a single row is one autocommit
+statement, which SQLite runs as its own transaction and which takes the write
+lock at its start like ``BEGIN IMMEDIATE`` (it waits on ``busy_timeout``, and
+there is no earlier read that could go stale).  On PostgreSQL it is a pooled
+``write()`` with ``exec_driver_sql``.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import collections
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,6 +70,8 @@ class Database:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._kept: Any = None  # SQLite: the pooled connection insert_rows() keeps
+        self._kept_lock = threading.Lock()
 
     @property
     def is_sqlite(self) -> bool:
@@ -86,6 +98,44 @@ class Database:
             raise _translate(exc) from exc
         except OverflowError as exc:  # sqlite3 refuses ints beyond 64 bits
             raise ValidationFailed("a number is out of range (at most 64-bit)") from exc
+
+    def insert_rows(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Run the driver-level ``sql`` once per row in one committed transaction.
+
+        ``sql`` uses the driver's placeholders (``?`` on SQLite, ``%s`` on
+        PostgreSQL) and must be a constant: on SQLite it stays prepared.  Errors
+        are translated like ``write()``'s: a duplicate key is ``Conflict``."""
+        if not rows:
+            return
+        if not self.is_sqlite:
+            with self.write() as conn:
+                conn.exec_driver_sql(sql, list(rows) if len(rows) > 1 else rows[0])
+            return
+        with self._kept_lock:
+            if self._kept is None:
+                try:
+                    raw = self.engine.raw_connection()
+                except SQLAlchemyError as exc:
+                    raise _translate(exc) from exc
+                raw.detach()  # ours until dispose(); the pool opens another
+                self._kept = raw
+            driver: sqlite3.Connection = self._kept.dbapi_connection
+            try:
+                if len(rows) == 1:  # one statement: its own transaction (module docstring)
+                    driver.execute(sql, rows[0])
+                    return
+                driver.execute("BEGIN IMMEDIATE")
+                try:
+                    driver.executemany(sql, rows)
+                    driver.execute("COMMIT")
+                except BaseException:
+                    if driver.in_transaction:
+                        driver.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _translate_sqlite(exc) from exc
+            except OverflowError as exc:  # sqlite3 refuses ints beyond 64 bits
+                raise ValidationFailed("a number is out of range (at most 64-bit)") from exc
 
     def ping(self) -> None:
         with self.read() as conn:
@@ -116,6 +166,10 @@ class Database:
         for conn in readers:
             conn.close()
         self._local = threading.local()
+        with self._kept_lock:
+            if self._kept is not None:
+                self._kept.close()
+                self._kept = None
         self.engine.dispose()
 
 
@@ -190,6 +244,15 @@ def _translate(exc: SQLAlchemyError) -> Exception:
     return StoreError(
         f"database error: {type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__}"
     )
+
+
+def _translate_sqlite(exc: sqlite3.Error) -> Exception:
+    """``_translate`` for errors straight from the sqlite3 driver."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return Conflict("the change conflicts with existing data")
+    if isinstance(exc, sqlite3.DataError):
+        return ValidationFailed(f"the database refused a value: {str(exc)[:200]}")
+    return StoreError(f"database error: {type(exc).__name__}")
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:

@@ -97,9 +97,20 @@ audit_events = Table(
     Column("hash", String(64), nullable=False),
     Column("mac", String(64), nullable=True),  # HMAC(audit key, hash); NULL only before keying
 )
-Index("ix_audit_action", audit_events.c.action)
-Index("ix_audit_actor", audit_events.c.actor)
 Index("ix_audit_ts", audit_events.c.ts)
+# filters served newest-first in seq order (migration 0009)
+Index("ix_audit_target_seq", audit_events.c.target, audit_events.c.seq)
+Index("ix_audit_actor_seq", audit_events.c.actor, audit_events.c.seq)
+Index("ix_audit_decision_seq", audit_events.c.decision, audit_events.c.seq)
+Index(
+    "ix_audit_target_decision_seq",
+    audit_events.c.target,
+    audit_events.c.decision,
+    audit_events.c.seq,
+)
+Index(
+    "ix_audit_actor_decision_seq", audit_events.c.actor, audit_events.c.decision, audit_events.c.seq
+)
 
 kv_entries = Table(
     "kv_entries",
