@@ -21,10 +21,7 @@ every load loop is bounded by ``--seconds``.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,56 +30,10 @@ import time
 from pathlib import Path
 
 import httpx
+from harness import admin_token, lattice_server, require_wrk
 
-ROOT = Path(__file__).resolve().parents[1]
-PASSWORD = "bench-admin-password-123"
 LOOP_JS = "export default { async fetch() { while (true) {} } };"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "LATTICE_DATA_DIR": str(data_dir),
-        "LATTICE_LISTEN": f"127.0.0.1:{port}",
-        "LATTICE_ADMIN_PASSWORD": PASSWORD,
-        "LATTICE_LOG_LEVEL": "warning",
-        "PYTHONPATH": str(ROOT / "src"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lattice", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("lattice serve did not become ready")
-
-
-def admin_token(base: str) -> str:
-    with httpx.Client(base_url=base, timeout=30) as c:
-        login = c.post("/api/login", json={"username": "admin", "password": PASSWORD})
-        login.raise_for_status()
-        r = c.post(
-            "/api/tokens",
-            json={"name": "bench", "scopes": ["*"]},
-            headers={"x-csrf-token": login.json()["csrf_token"]},
-        )
-        r.raise_for_status()
-        return str(r.json()["token"])
 
 
 def wrk(url: str, seconds: int, connections: int, *args: str) -> subprocess.Popen[str]:
@@ -115,44 +66,40 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--hogs", type=int, default=16, help="number of looping workers")
     opts = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (apt-get install wrk)")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="lattice-bench-") as tmp:
-        server = start_server(Path(tmp) / "data", port)
-        try:
-            token = admin_token(base)
-            with httpx.Client(base_url=base, timeout=120) as c:
-                c.headers["Authorization"] = f"Bearer {token}"
-                c.put("/api/kv/default/message", content=b"world").raise_for_status()
-                for i in range(opts.hogs):
-                    c.put(
-                        f"/api/workers/hog{i}",
-                        json={
-                            "kind": "js",
-                            "source": LOOP_JS,
-                            "capabilities": ["worker:route"],
-                            "public": True,
-                        },
-                    ).raise_for_status()
-            script = Path(tmp) / "hogs.lua"
-            script.write_text(
-                f"n = 0\nrequest = function()\n  n = n + 1\n"
-                f'  return wrk.format("GET", "/w/hog" .. (n % {opts.hogs}) .. "/")\nend\n'
-            )
-            idle: list[dict[str, float]] = []
-            flood: list[dict[str, float]] = []
-            for round_no in range(opts.rounds):
-                idle.append(measure(base, token, opts.seconds))
-                hogs = wrk(base + "/", opts.seconds * 2 + 4, 32, "-s", str(script))
-                time.sleep(2)  # let the flood reach the workers (and their cooldowns)
-                flood.append(measure(base, token, opts.seconds))
-                hogs.communicate()
-                print(f"round {round_no + 1}: idle {idle[-1]}  flood {flood[-1]}", flush=True)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    require_wrk()
+    with (
+        tempfile.TemporaryDirectory(prefix="lattice-bench-") as tmp,
+        lattice_server(Path(tmp)) as server,
+    ):
+        base = server.base
+        token = admin_token(base)
+        with httpx.Client(base_url=base, timeout=120) as c:
+            c.headers["Authorization"] = f"Bearer {token}"
+            c.put("/api/kv/default/message", content=b"world").raise_for_status()
+            for i in range(opts.hogs):
+                c.put(
+                    f"/api/workers/hog{i}",
+                    json={
+                        "kind": "js",
+                        "source": LOOP_JS,
+                        "capabilities": ["worker:route"],
+                        "public": True,
+                    },
+                ).raise_for_status()
+        script = Path(tmp) / "hogs.lua"
+        script.write_text(
+            f"n = 0\nrequest = function()\n  n = n + 1\n"
+            f'  return wrk.format("GET", "/w/hog" .. (n % {opts.hogs}) .. "/")\nend\n'
+        )
+        idle: list[dict[str, float]] = []
+        flood: list[dict[str, float]] = []
+        for round_no in range(opts.rounds):
+            idle.append(measure(base, token, opts.seconds))
+            hogs = wrk(base + "/", opts.seconds * 2 + 4, 32, "-s", str(script))
+            time.sleep(2)  # let the flood reach the workers (and their cooldowns)
+            flood.append(measure(base, token, opts.seconds))
+            hogs.communicate()
+            print(f"round {round_no + 1}: idle {idle[-1]}  flood {flood[-1]}", flush=True)
     print("\np99 latency (ms), median of rounds:")
     print(f"{'path':8} {'idle':>8} {'flood':>8} {'ratio':>7}  goal: ratio <= 5 and flood < 250 ms")
     ok = True

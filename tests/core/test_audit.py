@@ -165,7 +165,11 @@ def test_control_characters_in_text_fields_are_made_visible(log: AuditLog) -> No
 
 _TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT,
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _TEXT,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
     max_leaves=12,
 )

@@ -9,10 +9,12 @@ routes any logged-in caller may use.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from lattice.container import Container
@@ -23,9 +25,11 @@ from lattice.errors import AuthError, CsrfError, ScopeDenied
 __all__ = [
     "SESSION_COOKIE",
     "AnyUser",
+    "LeanRoute",
     "RequireScope",
     "container",
     "guard_bucket",
+    "lean_get",
     "principal_from",
     "read_store",
     "scope",
@@ -111,3 +115,63 @@ def scope(name: str | None) -> Any:
 
 
 AnyUser = Annotated[Principal, Depends(RequireScope(None))]
+
+
+class LeanRoute(APIRoute):
+    """An API route whose endpoint is called directly, not through FastAPI's
+    general dependency solver (which costs more than a whole KV read).
+
+    Only for the hottest reads, and only for endpoints whose parameters are
+    all of: ``str`` path parameters, the ``Request``, one ``scope(...)``
+    principal and the container; anything else is refused when the route is
+    built, so the shortcut can never skip a check FastAPI would have made.
+    The route is still an ``APIRoute``: OpenAPI, the scope-per-route tests and
+    the error handlers see it like any other, and the scope is checked by the
+    same ``RequireScope`` object."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        d = self.dependant
+        if d.query_params or d.header_params or d.cookie_params or d.body_params:
+            raise TypeError(f"{self.path}: a LeanRoute takes path parameters only")
+        if not inspect.iscoroutinefunction(self.endpoint):
+            raise TypeError(f"{self.path}: a LeanRoute endpoint must be async")
+        for field in d.path_params:
+            if field.field_info.annotation is not str:
+                raise TypeError(f"{self.path}: path parameter {field.name} must be a str")
+        guard: tuple[str, RequireScope] | None = None
+        holder: str | None = None
+        for sub in d.dependencies:
+            if isinstance(sub.call, RequireScope) and guard is None and sub.name:
+                guard = (sub.name, sub.call)
+            elif sub.call is container and sub.name:
+                holder = sub.name
+            else:
+                raise TypeError(f"{self.path}: unsupported dependency {sub.call!r}")
+        if guard is None:
+            raise TypeError(f"{self.path}: a LeanRoute needs a scope(...) parameter")
+        principal_name, require = guard
+        request_name = d.request_param_name
+        names = [f.name for f in d.path_params]
+        endpoint: Callable[..., Awaitable[Response]] = self.endpoint
+
+        async def handler(request: Request) -> Response:
+            params = request.path_params
+            kwargs: dict[str, Any] = {name: params[name] for name in names}
+            kwargs[principal_name] = await require(request)
+            if holder is not None:
+                kwargs[holder] = get_container(request)
+            if request_name is not None:
+                kwargs[request_name] = request
+            return await endpoint(**kwargs)
+
+        return handler
+
+
+def lean_get(router: APIRouter, path: str, **options: Any) -> Callable[[T], T]:
+    """``@router.get(path)`` on a :class:`LeanRoute`."""
+
+    def register(fn: T) -> T:
+        router.add_api_route(path, fn, methods=["GET"], route_class_override=LeanRoute, **options)  # type: ignore[arg-type]
+        return fn
+
+    return register

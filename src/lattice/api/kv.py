@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from lattice.api.deps import container, guard_bucket, read_store, scope
+from lattice.api.deps import container, guard_bucket, lean_get, read_store, scope
 from lattice.container import Container
 from lattice.core.auth import Principal
 from lattice.errors import NotFound
@@ -37,7 +37,12 @@ def list_keys(
     return {"bucket": bucket, "keys": keys, "next_cursor": next_cursor}
 
 
-@router.get("/{bucket}/{key:path}")
+@lean_get(
+    router,
+    "/{bucket}/{key:path}",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the value"}},
+)
 async def get_value(bucket: str, key: str, request: Request, p: Reader, c: C) -> Response:
     guard_bucket(p, bucket)
     value = await read_store(request, c.kv.get, bucket, key)

@@ -8,6 +8,7 @@ format: ``lat_<id>_<secret>``; the id is public (listing, revocation).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -62,7 +63,19 @@ _TOKEN_LOOKUP = (
     .join(users, users.c.id == api_tokens.c.user_id)
     .where(api_tokens.c.token_hash == bindparam("token_hash"))
 )
+_SESSION_LOOKUP = (
+    select(sessions.c.csrf_hash, sessions.c.expires_at, users)
+    .join(users, users.c.id == sessions.c.user_id)
+    .where(sessions.c.id == bindparam("session_hash"))
+)
 MIN_PASSWORD = 12
+
+
+@functools.lru_cache(maxsize=1024)
+def _token_scopes(token_json: str, user_json: str) -> frozenset[str]:
+    """A token's effective scopes from the two stored JSON lists (pure, so the
+    parse is cached by the exact stored text; a changed grant is new text)."""
+    return effective_scopes(json.loads(token_json), json.loads(user_json))
 
 
 def make_hasher() -> PasswordHasher:
@@ -139,6 +152,8 @@ class AuthService:
         self._dummy_hash = _dummy_hash(self._hasher)
         self._session_ttl = session_ttl
         self._failures = LoginFailures(db, login_limit, login_window)
+        self._token_lookup = db.prepare(_TOKEN_LOOKUP)
+        self._session_lookup = db.prepare(_SESSION_LOOKUP)
 
     # -- users -----------------------------------------------------------
 
@@ -296,12 +311,7 @@ class AuthService:
     def from_session(self, session_token: str) -> Principal:
         if not session_token or len(session_token) > 128:
             raise AuthError("session is invalid or expired; log in again")
-        with self._db.read() as conn:
-            row = conn.execute(
-                select(sessions.c.csrf_hash, sessions.c.expires_at, users)
-                .join(users, users.c.id == sessions.c.user_id)
-                .where(sessions.c.id == _sha256(session_token))
-            ).first()
+        row = self._session_lookup.first(session_hash=_sha256(session_token))
         if row is None or row.expires_at <= now_iso() or row.disabled:
             raise AuthError("session is invalid or expired; log in again")
         return Principal(
@@ -324,8 +334,7 @@ class AuthService:
         match = _TOKEN.match(token)
         if not match:
             raise AuthError("malformed bearer token; tokens look like lat_<id>_<secret>")
-        with self._db.read() as conn:
-            row = conn.execute(_TOKEN_LOOKUP, {"token_hash": _sha256(token)}).first()
+        row = self._token_lookup.first(token_hash=_sha256(token))
         if row is None or row.token_id != match.group(1):
             raise AuthError("unknown bearer token")
         if row.revoked_at is not None:
@@ -334,7 +343,7 @@ class AuthService:
             raise AuthError("bearer token has expired; create a new one")
         if row.disabled:
             raise AuthError("the token's user is disabled")
-        scopes = effective_scopes(json.loads(row.token_scopes), json.loads(row.scopes))
+        scopes = _token_scopes(row.token_scopes, row.scopes)
         return Principal(
             user_id=row.id,
             username=row.username,

@@ -79,12 +79,12 @@ class SqlStatic:
     def __init__(self, db: Database, *, max_bytes: int) -> None:
         self._db = db
         self.max_bytes = max_bytes
+        self._get = db.prepare(_GET)
 
     def get(self, bucket: str, path: str) -> StaticObject | None:
         check_bucket(bucket)
         check_static_path(path)
-        with self._db.read() as conn:
-            row = conn.execute(_GET, {"bucket": bucket, "path": path}).first()
+        row = self._get.first(bucket=bucket, path=path)
         if row is None:
             return None
         return StaticObject(

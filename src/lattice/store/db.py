@@ -5,6 +5,8 @@ is its own snapshot); ``Database.write()``
 yields one inside a transaction that commits on success and rolls back on any
 error.  On SQLite writes start with ``BEGIN IMMEDIATE`` so two writers queue on
 the database lock (``busy_timeout``) instead of failing mid-transaction.
+:meth:`Database.prepare` compiles a hot read once; on SQLite it runs on a
+per-thread driver connection (see :class:`Prepared`).
 Driver errors are translated here, at the edge: an integrity violation becomes
 :class:`~lattice.errors.Conflict`, a value the database cannot store (NUL in
 PostgreSQL text, an over-long string) :class:`~lattice.errors.ValidationFailed`,
@@ -23,21 +25,23 @@ there is no earlier read that could go stale).  On PostgreSQL it is a pooled
 
 from __future__ import annotations
 
+import collections
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Boolean, Connection, Engine, Select, create_engine, event, text
+from sqlalchemy import types as satypes
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from lattice.errors import Conflict, StoreError, ValidationFailed
 
-__all__ = ["Database"]
+__all__ = ["Database", "Prepared"]
 
 _WRITE = "lattice_write"
 
@@ -58,8 +62,14 @@ class Database:
                 pool_reset_on_return=None,
             )
             _install_sqlite_hooks(self.engine)
+            memory = not parsed.database or parsed.database == ":memory:" or parsed.query
+            self._sqlite_file: str | None = None if memory else parsed.database
         else:
+            self._sqlite_file = None
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self._kept: Any = None  # SQLite: the pooled connection insert_rows() keeps
         self._kept_lock = threading.Lock()
 
@@ -131,12 +141,94 @@ class Database:
         with self.read() as conn:
             conn.execute(text("SELECT 1"))
 
+    def prepare(self, stmt: Select[Any]) -> Prepared:
+        return Prepared(self, stmt)
+
+    def _reader(self) -> sqlite3.Connection | None:
+        """This thread's read-only driver connection to the SQLite file, or None
+        (PostgreSQL, in-memory SQLite)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None or self._sqlite_file is None:
+            return conn
+        conn = sqlite3.connect(
+            self._sqlite_file, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA query_only=ON")  # this connection can never write
+        conn.execute("PRAGMA busy_timeout=30000")
+        with self._readers_lock:
+            self._readers.append(conn)
+        self._local.conn = conn
+        return conn
+
     def dispose(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        self._local = threading.local()
         with self._kept_lock:
             if self._kept is not None:
                 self._kept.close()
                 self._kept = None
         self.engine.dispose()
+
+
+_PLAIN_TYPES = (satypes.String, satypes.Integer, satypes.LargeBinary, satypes.Boolean)
+
+
+class Prepared:
+    """A read statement on a hot path, compiled once.
+
+    On a SQLite file it runs on the calling thread's own driver connection
+    (``PRAGMA query_only``, autocommit: each statement is its own snapshot and
+    sees every committed write, exactly like :meth:`Database.read`), skipping
+    SQLAlchemy's per-call connection checkout, compilation cache lookup and
+    result wrapping, which cost several times the query itself.  Results are
+    fully fetched, so no statement holds a read snapshot open.  Elsewhere it
+    runs through SQLAlchemy.  Rows are named tuples with the selected column
+    names; only column types SQLite returns as the Python value (text,
+    integer, blob, boolean) are allowed, so both paths give the same values.
+    """
+
+    def __init__(self, db: Database, stmt: Select[Any]) -> None:
+        self._db = db
+        self._stmt = stmt
+        columns = list(stmt.selected_columns)
+        for col in columns:
+            if not isinstance(col.type, _PLAIN_TYPES):
+                raise TypeError(f"Prepared cannot return a {col.type!r} column ({col.key})")
+        self._row = collections.namedtuple("Row", [c.key for c in columns])  # type: ignore[misc]
+        self._bools = [i for i, c in enumerate(columns) if isinstance(c.type, Boolean)]
+        compiled = stmt.compile(dialect=db.engine.dialect)
+        self._sql = str(compiled)
+        self._names: tuple[str, ...] = tuple(compiled.positiontup or ())
+
+    def all(self, **params: Any) -> list[Any]:
+        conn = self._db._reader()
+        if conn is None:
+            with self._db.read() as sa:
+                return [self._row(*r) for r in sa.execute(self._stmt, params)]
+        args = [params[name] for name in self._names]
+        try:
+            rows = conn.execute(self._sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {type(exc).__name__}") from exc
+        except OverflowError as exc:
+            raise ValidationFailed("a number is out of range (at most 64-bit)") from exc
+        if self._bools:
+            rows = [self._fix(r) for r in rows]
+        make: Callable[..., Any] = self._row
+        return [make(*r) for r in rows]
+
+    def first(self, **params: Any) -> Any | None:
+        rows = self.all(**params)
+        return rows[0] if rows else None
+
+    def _fix(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        values = list(row)
+        for i in self._bools:
+            values[i] = None if values[i] is None else bool(values[i])
+        return tuple(values)
 
 
 def _translate(exc: SQLAlchemyError) -> Exception:

@@ -14,9 +14,10 @@ script runs, checked against the declared bindings, run through the caller's
 Limits per request (:class:`JsLimits`):
 
 * ``cpu_ms`` -- CPU the isolate spends running JS for the request (all script runs
-  summed, microtasks included), estimated as min(wall, process CPU) per run with a
-  hard wall cap (see ``js_engine.Isolate.run``).  Exceeded -> ``WorkerTimeout``;
-  the isolate is discarded and replaced on the next request.
+  summed, microtasks included), read from the V8 thread's own CPU clock, with a
+  generous wall cap as a backstop (see ``js_engine.Isolate.run_sync``).
+  Exceeded -> ``WorkerTimeout``; the isolate is discarded and replaced on the
+  next request.
 * ``startup_ms`` -- the same budget for loading the prelude and module top level.
 * ``host_wall_ms`` -- total time spent awaiting host calls (KV, assets).  It is a
   separate budget so slow storage does not count as worker CPU.
@@ -54,13 +55,29 @@ from lattice.plugins.runners.js_engine import Isolate
 from lattice.plugins.runners.js_wire import MEMORY_MESSAGE
 
 __all__ = [
+    "POLL",
     "Binding",
+    "HostOp",
     "JsHost",
     "JsLimits",
     "JsWorker",
     "WorkerRequest",
     "WorkerResponse",
+    "check_ops",
+    "check_request",
     "check_worker",
+    "decode_message",
+    "install_code",
+    "install_outcome",
+    "is_memory_failure",
+    "log_lines",
+    "module_to_script",
+    "prelude",
+    "request_outcome",
+    "request_spec",
+    "resume_code",
+    "run_ops",
+    "start_code",
     "validate_bindings",
 ]
 
@@ -346,9 +363,250 @@ def _skip_regex(src: str, i: int) -> int:
 
 
 @functools.cache
-def _prelude() -> str:
+def prelude() -> str:
     resource = importlib.resources.files("lattice.plugins.runners").joinpath("js_prelude.js")
     return resource.read_text(encoding="utf-8")
+
+
+# ---- the conversation with an isolate (shared by JsWorker and the sandbox) --------
+#
+# The driver calls `__lattice.start(spec, entropy, maxBody)`; it answers with a
+# final message, or "" when the handler awaits something, and then
+# `__lattice.poll()` gives either the final message or the binding calls queued
+# meanwhile (`{"t": "ops"}`), answered with `__lattice.resume(results)`.  The
+# functions below read those messages; in production they run on the server,
+# which must not trust what the sandbox process sends (see js_process).
+
+POLL = b"__lattice.poll()"
+
+
+def request_spec(request: WorkerRequest) -> bytes:
+    """The request as the JSON object ``__lattice.start`` takes (ASCII, so it is a
+    valid JavaScript expression as it stands)."""
+    return json.dumps(
+        {
+            "method": request.method,
+            "url": request.url,
+            "headers": [[k, v] for k, v in request.headers],
+            "body": base64.b64encode(request.body).decode("ascii"),
+        },
+        separators=(",", ":"),
+    ).encode("ascii")
+
+
+def start_code(spec: bytes, max_body: int) -> bytes:
+    """The script that starts one request; ``spec`` comes from :func:`request_spec`."""
+    return b'__lattice.start(%s,"%s",%d)' % (spec, _entropy().encode("ascii"), max_body)
+
+
+def resume_code(results: list[dict[str, Any]]) -> bytes:
+    return b"__lattice.resume(%s)" % json.dumps(results, separators=(",", ":")).encode("ascii")
+
+
+def decode_message(reply: str | bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(reply)
+    except ValueError as exc:
+        raise WorkerError("worker runtime sent a malformed message") from exc
+    if not isinstance(value, dict):
+        raise WorkerError("worker runtime sent a malformed message")
+    return value
+
+
+def log_lines(message: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The console lines a message carries (well-formed ones only, levels checked)."""
+    lines = message.get("logs")
+    if not isinstance(lines, list):
+        return []
+    return [
+        (line[0] if line[0] in _LOG_LEVELS else "info", line[1][:MAX_LOG_CHARS])
+        for line in lines
+        if isinstance(line, list) and len(line) == 2 and all(isinstance(p, str) for p in line)
+    ]
+
+
+def install_outcome(message: Mapping[str, Any]) -> tuple[LatticeError | None, str | None]:
+    """What loading the module came to: (error or None, a line for the worker log)."""
+    kind = message.get("t")
+    if kind == "ready":
+        return None, None
+    if kind == "invalid":
+        return WorkerError(str(message.get("reason", "invalid default export"))[:500]), None
+    if kind == "error":
+        line = f"worker failed to load: {message.get('stack', '')}"
+        return WorkerError("worker threw an exception while loading"), line
+    return WorkerError("worker runtime sent an unknown message"), None
+
+
+def request_outcome(
+    message: Mapping[str, Any], max_body: int
+) -> tuple[WorkerResponse | LatticeError, str | None]:
+    """What a final message comes to: (the response or the error to raise, a line
+    for the worker log).  Every field is checked: status, each header name and
+    value (what HTTP can carry), the body and its size."""
+    kind = message.get("t")
+    if kind == "done":
+        try:
+            return response_from(message, max_body), None
+        except WorkerError as exc:
+            return exc, None
+    if kind == "error":
+        stack = str(message.get("stack", ""))
+        line = f"uncaught exception in fetch: {stack}"
+        if _ALLOCATION_FAILED in stack:
+            return WorkerError(MEMORY_MESSAGE), line
+        return WorkerError("worker threw an exception"), line
+    if kind == "too_large":
+        error = WorkerError(
+            f"worker response body exceeds {max_body} bytes", detail={"limit": max_body}
+        )
+        return error, None
+    if kind == "stalled":
+        return WorkerError("worker did not produce a response"), None
+    return WorkerError("worker runtime sent an unknown message"), None
+
+
+def is_memory_failure(reply: bytes) -> bool:
+    """A final message saying the process refused an allocation (cheap: no parsing)."""
+    return reply.startswith(b'{"t":"error"') and _ALLOCATION_FAILED.encode() in reply
+
+
+def response_from(message: Mapping[str, Any], limit: int) -> WorkerResponse:
+    status = message.get("status")
+    if type(status) is not int or not 200 <= status <= 599:
+        raise WorkerError("worker returned an invalid status")
+    raw_headers = message.get("headers")
+    if not isinstance(raw_headers, list) or len(raw_headers) > 256:
+        raise WorkerError("worker returned invalid headers")
+    headers: list[tuple[str, str]] = []
+    for pair in raw_headers:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(p, str) for p in pair)
+        ):
+            raise WorkerError("worker returned an invalid header")
+        if not _HEADER_NAME.fullmatch(pair[0]) or len(pair[0]) > 256:
+            raise WorkerError(
+                f"worker returned an invalid header name {pair[0][:64]!r}",
+                detail={"header": pair[0][:64]},
+            )
+        if not _HEADER_VALUE.fullmatch(pair[1]) or len(pair[1]) > 16384:
+            raise WorkerError(
+                f"worker returned an invalid value for header {pair[0]!r} "
+                "(control characters, or characters outside Latin-1)",
+                detail={"header": pair[0]},
+            )
+        headers.append((pair[0], pair[1]))
+    encoded = message.get("body")
+    if not isinstance(encoded, str) or len(encoded) > (limit + 2) // 3 * 4:
+        raise WorkerError(f"worker response body exceeds {limit} bytes", detail={"limit": limit})
+    try:
+        body = base64.b64decode(encoded, validate=True)
+    except binascii.Error as exc:
+        raise WorkerError("worker returned a malformed body") from exc
+    if len(body) > limit:
+        raise WorkerError(f"worker response body exceeds {limit} bytes", detail={"limit": limit})
+    return WorkerResponse(status=status, headers=headers, body=body)
+
+
+@dataclass(frozen=True)
+class HostOp:
+    """One binding call that passed :func:`check_op`."""
+
+    call_id: int
+    method: Literal["kv_get", "kv_list", "static_get"]
+    bucket: str
+    args: tuple[Any, ...]
+
+
+#: an op that failed its checks: its id and the reason (a rejection inside JS)
+Refused = tuple[int, str]
+
+
+def check_ops(ops: Any, bindings: Mapping[str, Binding], made: int) -> list[HostOp | Refused]:
+    """Check a batch of queued binding calls, ``made`` calls into the request.
+
+    Deny by default.  The batch must be a non-empty list within the per-request
+    limit and every op must carry an integer id, or the request fails
+    (WorkerError).  Then each op must name a declared binding of the matching
+    kind, with arguments of the right types and sizes; an op that does not is
+    refused on its own (answered with a rejection inside JS).
+    """
+    if not isinstance(ops, list) or not ops:
+        raise WorkerError("worker runtime sent malformed binding calls")
+    if made + len(ops) > MAX_HOST_CALLS:
+        raise WorkerError(f"worker made more than {MAX_HOST_CALLS} binding calls")
+    out: list[HostOp | Refused] = []
+    for op in ops:
+        call_id = op.get("id") if isinstance(op, dict) else None
+        if not isinstance(op, dict) or type(call_id) is not int:
+            raise WorkerError("worker runtime sent a malformed binding call")
+        try:
+            out.append(_check_op(call_id, op, bindings))
+        except WorkerError as exc:
+            out.append((call_id, exc.message))
+    return out
+
+
+def _check_op(call_id: int, op: dict[str, Any], bindings: Mapping[str, Binding]) -> HostOp:
+    # 1. a declared binding of the kind the call needs
+    kind, name = op.get("op"), op.get("binding")
+    binding = bindings.get(name) if isinstance(name, str) else None
+    wanted = "static" if kind == "static_get" else "kv"
+    if binding is None or binding.kind != wanted:
+        raise WorkerError(f"binding {str(name)[:64]!r} is not declared for this worker")
+    # 2. plain arguments of bounded size
+    if kind == "kv_get":
+        return HostOp(call_id, "kv_get", binding.bucket, (_arg_str(op, "key", 512),))
+    if kind == "kv_list":
+        limit = op.get("limit")
+        if type(limit) is not int or not 1 <= limit <= 1000:
+            raise WorkerError("KV list limit must be an integer in 1..1000")
+        cursor = op.get("cursor")
+        args = (
+            _arg_str(op, "prefix", 512),
+            limit,
+            None if cursor is None else _arg_str(op, "cursor", 1024),
+        )
+        return HostOp(call_id, "kv_list", binding.bucket, args)
+    if kind == "static_get":
+        return HostOp(call_id, "static_get", binding.bucket, (_arg_str(op, "path", 1024),))
+    raise WorkerError("unknown binding call")
+
+
+async def run_ops(
+    ops: list[HostOp | Refused], host: JsHost, max_response_bytes: int, name: str
+) -> list[dict[str, Any]]:
+    """Answer a checked batch through ``host``; failures become rejections in JS."""
+    if len(ops) == 1:  # the common case: no tasks
+        return [await _run_op(ops[0], host, max_response_bytes, name)]
+    return list(await asyncio.gather(*(_run_op(op, host, max_response_bytes, name) for op in ops)))
+
+
+async def _run_op(
+    op: HostOp | Refused, host: JsHost, max_response_bytes: int, name: str
+) -> dict[str, Any]:
+    if isinstance(op, tuple):
+        return {"id": op[0], "err": op[1]}
+    try:
+        if op.method == "kv_get":
+            return {"id": op.call_id, "ok": await host.kv_get(op.bucket, *op.args)}
+        if op.method == "kv_list":
+            names, next_cursor = await host.kv_list(op.bucket, *op.args)
+            return {"id": op.call_id, "ok": [list(names), next_cursor]}
+        found = await host.static_get(op.bucket, *op.args)
+        if found is None:
+            return {"id": op.call_id, "ok": None}
+        body, content_type = found
+        if len(body) > max_response_bytes:
+            raise WorkerError("asset is larger than the worker response limit")
+        return {"id": op.call_id, "ok": [base64.b64encode(body).decode("ascii"), content_type]}
+    except LatticeError as exc:
+        return {"id": op.call_id, "err": exc.message}
+    except Exception:
+        log.exception("binding call of JS worker %r failed", name)
+        return {"id": op.call_id, "err": "binding call failed"}
 
 
 # ---- the worker --------------------------------------------------------------------
@@ -364,16 +622,22 @@ class _Run:
     calls: int = 0
     settled: bool = False  # the JS side finished the request (any outcome)
 
-    async def eval(self, code: str) -> str:
+    async def eval(self, code: bytes) -> str:
         if self.cpu_left <= 0:
             raise WorkerTimeout("worker exceeded its CPU time limit")
-        result, used = await self.isolate.run(code, cpu_s=self.cpu_left)
+        result, used = await self.isolate.run(code.decode("ascii"), cpu_s=self.cpu_left)
         self.cpu_left -= used
         return result
 
 
 class JsWorker:
-    """One worker's compiled source and its isolate pool.  Build with :meth:`create`."""
+    """One worker's compiled source and its isolate pool, on the caller's event loop.
+    Build with :meth:`create`.
+
+    In production each sandbox process drives one isolate synchronously
+    (:mod:`js_sandbox`); this class runs the same conversation in-process, with
+    a pool, for embedding and for the runtime's own tests.
+    """
 
     def __init__(
         self,
@@ -419,13 +683,7 @@ class JsWorker:
         """Run one request.  Raises WorkerError / WorkerTimeout / PayloadTooLarge."""
         if self._closed:
             raise WorkerError("worker is closed")
-        if len(request.body) > self._limits.max_request_bytes:
-            raise PayloadTooLarge(
-                f"request body exceeds {self._limits.max_request_bytes} bytes",
-                detail={"limit": self._limits.max_request_bytes},
-            )
-        if not request.url.startswith(("http://", "https://")):
-            raise WorkerError("worker request URL must be absolute http(s)")
+        check_request(request, self._limits)
         isolate = await self._acquire()
         run = _Run(
             isolate,
@@ -436,12 +694,6 @@ class JsWorker:
             return await self._serve(run, request)
         finally:
             self._release(isolate, reuse=run.settled)
-
-    def drop_idle(self) -> None:
-        """Close the idle isolates (they are made again on demand): frees their memory."""
-        idle, self._idle = self._idle, []
-        for isolate in idle:
-            isolate.close()
 
     async def close(self) -> None:
         """Release every idle isolate; busy ones are closed when their request ends."""
@@ -488,177 +740,64 @@ class JsWorker:
 
     async def _install(self, isolate: Isolate) -> None:
         budget = self._limits.startup_ms / 1000
-        bindings = [[name, b.kind] for name, b in self._bindings.items()]
         try:
-            _, used = await isolate.run(_prelude(), cpu_s=budget)
+            _, used = await isolate.run(prelude(), cpu_s=budget)
             installed, _ = await isolate.run(
-                f"__lattice.install({json.dumps(bindings)}, {json.dumps(_entropy())}, "
-                f"{self._script})",
-                cpu_s=budget - used,
+                install_code(self._bindings, self._script), cpu_s=budget - used
             )
         except WorkerTimeout as exc:
             raise WorkerTimeout("worker took too long to start") from exc
-        reply = _decode(installed)
+        reply = decode_message(installed)
         await self._flush_logs(reply)
-        kind = reply.get("t")
-        if kind == "ready":
-            return
-        if kind == "invalid":
-            raise WorkerError(str(reply.get("reason", "invalid default export")))
-        await self._log("error", f"worker failed to load: {reply.get('stack', '')}")
-        raise WorkerError("worker threw an exception while loading")
+        error, line = install_outcome(reply)
+        if line is not None:
+            await self._log("error", line)
+        if error is not None:
+            raise error
 
     # -- one request -------------------------------------------------------------
 
     async def _serve(self, run: _Run, request: WorkerRequest) -> WorkerResponse:
-        spec = {
-            "method": request.method,
-            "url": request.url,
-            "headers": [[k, v] for k, v in request.headers],
-            "body": base64.b64encode(request.body).decode("ascii"),
-            "entropy": _entropy(),
-            "maxBody": self._limits.max_response_bytes,
-        }
-        await run.eval(f"__lattice.start({json.dumps(spec)})")
+        limit = self._limits.max_response_bytes
+        reply = await run.eval(start_code(request_spec(request), limit))
         while True:
-            reply = _decode(await run.eval("__lattice.poll()"))
-            await self._flush_logs(reply)
-            kind = reply.get("t")
-            if kind == "ops":
-                results = await self._host_calls(reply.get("ops"), run)
-                await run.eval(f"__lattice.resume({json.dumps(results)})")
+            if reply == "":
+                reply = await run.eval(POLL)
+            message = decode_message(reply)
+            await self._flush_logs(message)
+            if message.get("t") == "ops":
+                results = await self._host_calls(message.get("ops"), run)
+                reply = await run.eval(resume_code(results))
                 continue
             run.settled = True
-            if kind == "done":
-                return self._response(reply)
-            if kind == "error":
-                stack = str(reply.get("stack", ""))
-                await self._log("error", f"uncaught exception in fetch: {stack}")
-                if _ALLOCATION_FAILED in stack:
-                    run.settled = False  # discard the isolate: its memory is exhausted
-                    raise WorkerError(MEMORY_MESSAGE)
-                raise WorkerError("worker threw an exception")
-            if kind == "too_large":
-                raise WorkerError(
-                    f"worker response body exceeds {self._limits.max_response_bytes} bytes",
-                    detail={"limit": self._limits.max_response_bytes},
-                )
-            if kind == "stalled":
-                raise WorkerError("worker did not produce a response")
-            raise WorkerError("worker runtime sent an unknown message")
+            outcome, line = request_outcome(message, limit)
+            if line is not None:
+                await self._log("error", line)
+            if isinstance(outcome, WorkerResponse):
+                return outcome
+            if outcome.message == MEMORY_MESSAGE:
+                run.settled = False  # discard the isolate: its memory is exhausted
+            raise outcome
 
     async def _host_calls(self, ops: Any, run: _Run) -> list[dict[str, Any]]:
-        if not isinstance(ops, list) or not ops:
-            raise WorkerError("worker runtime sent malformed binding calls")
-        run.calls += len(ops)
-        if run.calls > MAX_HOST_CALLS:
-            raise WorkerError(f"worker made more than {MAX_HOST_CALLS} binding calls")
+        checked = check_ops(ops, self._bindings, run.calls)
+        run.calls += len(checked)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(max(run.host_left, 0.0)):
-                results = await asyncio.gather(*(self._host_call(op) for op in ops))
+                results = await run_ops(
+                    checked, self._host, self._limits.max_response_bytes, self.name
+                )
         except TimeoutError as exc:
             raise WorkerTimeout("worker binding calls exceeded their time budget") from exc
         run.host_left -= time.perf_counter() - started
         return results
 
-    async def _host_call(self, op: Any) -> dict[str, Any]:
-        """Run one queued binding call; failures become a rejection inside JS."""
-        call_id = op.get("id") if isinstance(op, dict) else None
-        if type(call_id) is not int:
-            raise WorkerError("worker runtime sent a malformed binding call")
-        try:
-            return {"id": call_id, "ok": await self._dispatch(op)}
-        except LatticeError as exc:
-            return {"id": call_id, "err": exc.message}
-        except Exception:
-            log.exception("binding call of JS worker %r failed", self.name)
-            return {"id": call_id, "err": "binding call failed"}
-
-    async def _dispatch(self, op: dict[str, Any]) -> Any:
-        # Deny by default: the op must name a declared binding of the matching kind,
-        # with arguments of the right types and sizes.
-        kind, name = op.get("op"), op.get("binding")
-        binding = self._bindings.get(name) if isinstance(name, str) else None
-        wanted = "static" if kind == "static_get" else "kv"
-        if binding is None or binding.kind != wanted:
-            raise WorkerError(f"binding {str(name)[:64]!r} is not declared for this worker")
-        if kind == "kv_get":
-            return await self._host.kv_get(binding.bucket, _arg_str(op, "key", 512))
-        if kind == "kv_list":
-            limit = op.get("limit")
-            if type(limit) is not int or not 1 <= limit <= 1000:
-                raise WorkerError("KV list limit must be an integer in 1..1000")
-            cursor = op.get("cursor")
-            names, next_cursor = await self._host.kv_list(
-                binding.bucket,
-                _arg_str(op, "prefix", 512),
-                limit,
-                None if cursor is None else _arg_str(op, "cursor", 1024),
-            )
-            return [list(names), next_cursor]
-        if kind == "static_get":
-            found = await self._host.static_get(binding.bucket, _arg_str(op, "path", 1024))
-            if found is None:
-                return None
-            body, content_type = found
-            if len(body) > self._limits.max_response_bytes:
-                raise WorkerError("asset is larger than the worker response limit")
-            return [base64.b64encode(body).decode("ascii"), content_type]
-        raise WorkerError("unknown binding call")
-
-    def _response(self, reply: dict[str, Any]) -> WorkerResponse:
-        status = reply.get("status")
-        if type(status) is not int or not 200 <= status <= 599:
-            raise WorkerError("worker returned an invalid status")
-        raw_headers = reply.get("headers")
-        if not isinstance(raw_headers, list) or len(raw_headers) > 256:
-            raise WorkerError("worker returned invalid headers")
-        headers: list[tuple[str, str]] = []
-        for pair in raw_headers:
-            if (
-                not isinstance(pair, list)
-                or len(pair) != 2
-                or not all(isinstance(p, str) for p in pair)
-            ):
-                raise WorkerError("worker returned an invalid header")
-            if not _HEADER_NAME.fullmatch(pair[0]) or len(pair[0]) > 256:
-                raise WorkerError(
-                    f"worker returned an invalid header name {pair[0][:64]!r}",
-                    detail={"header": pair[0][:64]},
-                )
-            if not _HEADER_VALUE.fullmatch(pair[1]) or len(pair[1]) > 16384:
-                raise WorkerError(
-                    f"worker returned an invalid value for header {pair[0]!r} "
-                    "(control characters, or characters outside Latin-1)",
-                    detail={"header": pair[0]},
-                )
-            headers.append((pair[0], pair[1]))
-        encoded = reply.get("body")
-        limit = self._limits.max_response_bytes
-        if not isinstance(encoded, str) or len(encoded) > (limit + 2) // 3 * 4:
-            raise WorkerError(
-                f"worker response body exceeds {limit} bytes", detail={"limit": limit}
-            )
-        try:
-            body = base64.b64decode(encoded, validate=True)
-        except binascii.Error as exc:
-            raise WorkerError("worker returned a malformed body") from exc
-        if len(body) > limit:
-            raise WorkerError(
-                f"worker response body exceeds {limit} bytes", detail={"limit": limit}
-            )
-        return WorkerResponse(status=status, headers=headers, body=body)
-
     # -- logs --------------------------------------------------------------------
 
-    async def _flush_logs(self, reply: dict[str, Any]) -> None:
-        lines = reply.get("logs")
-        if not isinstance(lines, list):
-            return
-        for line in lines:
-            if isinstance(line, list) and len(line) == 2 and all(isinstance(p, str) for p in line):
-                await self._log(line[0] if line[0] in _LOG_LEVELS else "info", line[1])
+    async def _flush_logs(self, message: Mapping[str, Any]) -> None:
+        for level, line in log_lines(message):
+            await self._log(level, line)
 
     async def _log(self, level: str, message: str) -> None:
         """Best effort: a denied, failing or slow log host never fails the request."""
@@ -667,20 +806,27 @@ class JsWorker:
                 await self._host.log(level, message[:MAX_LOG_CHARS])
 
 
+def check_request(request: WorkerRequest, limits: JsLimits) -> None:
+    """What a request must be before it reaches any isolate."""
+    if len(request.body) > limits.max_request_bytes:
+        raise PayloadTooLarge(
+            f"request body exceeds {limits.max_request_bytes} bytes",
+            detail={"limit": limits.max_request_bytes},
+        )
+    if not request.url.startswith(("http://", "https://")):
+        raise WorkerError("worker request URL must be absolute http(s)")
+
+
+def install_code(bindings: Mapping[str, Binding], script: str) -> str:
+    """The script that loads a worker's module into an isolate with the prelude."""
+    table = [[name, b.kind] for name, b in bindings.items()]
+    return f"__lattice.install({json.dumps(table)}, {json.dumps(_entropy())}, {script})"
+
+
 def _arg_str(op: dict[str, Any], key: str, max_len: int) -> str:
     value = op.get(key)
     if not isinstance(value, str) or len(value) > max_len:
         raise WorkerError(f"binding argument {key!r} must be a string of at most {max_len} chars")
-    return value
-
-
-def _decode(reply: str) -> dict[str, Any]:
-    try:
-        value = json.loads(reply)
-    except ValueError as exc:
-        raise WorkerError("worker runtime sent a malformed message") from exc
-    if not isinstance(value, dict):
-        raise WorkerError("worker runtime sent a malformed message")
     return value
 
 

@@ -974,10 +974,13 @@
     return stringify({ t: "ready", logs: takeLogs() });
   }
 
-  function start(spec) {
-    reseed(spec.entropy);
+  // One request: returns its final message when the handler settled without
+  // awaiting anything (it threw, or returned a Response), else "" and the driver
+  // polls after the microtasks ran.
+  function start(spec, entropy, maxBody) {
+    reseed(entropy);
     takeLogs();
-    const req = { calls: 0, queue: [], waiting: new Map(), outcome: null, maxBody: spec.maxBody };
+    const req = { calls: 0, queue: [], waiting: new Map(), outcome: null, maxBody };
     current = req;
     let result;
     try {
@@ -995,7 +998,11 @@
       result = apply(handler.fetch, handler, [request, makeEnv(req), ctx]);
     } catch (e) {
       req.outcome = { error: e };
-      return "";
+      return poll();
+    }
+    if (result instanceof Response) {
+      req.outcome = { value: result };
+      return poll();
     }
     Promise.resolve(result).then(
       (value) => { if (req.outcome === null) req.outcome = { value }; },

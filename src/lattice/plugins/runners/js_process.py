@@ -20,16 +20,18 @@ On the server side each worker has:
   (CPU, memory, crashes) answers 503 without running for a while (each
   refusal held a quarter second, so a flood of them cannot keep the server
   busy) and says so in its log;
-* host calls from the child checked again here: only declared bindings, only
-  plain arguments, before the worker's reads run them.
+* the checks of everything the child says: its binding calls (only declared
+  bindings, only plain arguments, at most 64 per request; ``js.check_ops``)
+  before the worker's reads run them, and its responses (status, every header
+  name and value, body size; ``js.request_outcome``).  The child runs worker
+  code, so nothing it sends is trusted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import itertools
+import json
 import logging
 import os
 import shutil
@@ -40,24 +42,31 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lattice
-from lattice.errors import LatticeError, PayloadTooLarge, WorkerError, WorkerTimeout
+from lattice.errors import LatticeError, WorkerError, WorkerTimeout
 from lattice.plugins.runners.js import (
     Binding,
     JsHost,
     JsLimits,
     WorkerRequest,
     WorkerResponse,
+    check_ops,
+    check_request,
     check_worker,
+    install_outcome,
+    log_lines,
+    request_outcome,
+    request_spec,
+    run_ops,
 )
 from lattice.plugins.runners.js_wire import (
     MEMORY_MESSAGE,
+    FrameBuffer,
     FrameError,
-    encode_frame,
     error_from,
-    read_frame,
+    frame,
 )
 
 __all__ = ["Cooldown", "SandboxedJsWorker"]
@@ -69,6 +78,7 @@ _STARTUP_S = 30.0  # interpreter + V8 start + module top level, on a loaded mach
 #: (the child lowers its priority itself too, where ``nice`` is missing)
 _NICE: tuple[str, ...] = (_nice, "-n", "10") if (_nice := shutil.which("nice")) else ()
 _STDERR_LINES = 20
+_INBOX = 8  # messages a child may send ahead of being asked (it sends none)
 #: a cooled-down worker's refusal is held this long (never longer than the
 #: cooldown): it costs the server nothing meanwhile, and it caps how fast a
 #: flood on a misbehaving worker can make the server answer
@@ -125,24 +135,34 @@ def _child_env() -> dict[str, str]:
     return {"PYTHONPATH": package_root, "PATH": os.defpath, "LANG": "C.UTF-8"}
 
 
-class _Child:
-    """One running sandbox process and the conversation with it."""
+class _Child(asyncio.SubprocessProtocol):
+    """One running sandbox process and the conversation with it.
 
-    def __init__(self, proc: asyncio.subprocess.Process, owner: SandboxedJsWorker) -> None:
-        self.proc = proc
+    Frames from the child are parsed as they arrive (``pipe_data_received``) and
+    handed straight to whoever waits for the next message; a request is one
+    coroutine talking to one child, with one watchdog timer, no reader task.
+    """
+
+    def __init__(self, owner: SandboxedJsWorker) -> None:
         self._owner = owner
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._frames = FrameBuffer()
+        self._inbox: deque[dict[str, Any]] = deque()
+        self._waiter: asyncio.Future[dict[str, Any]] | None = None
         self._stderr: deque[str] = deque(maxlen=_STDERR_LINES)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stderr_tail = b""
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._stdin: asyncio.WriteTransport | None = None
+        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watchdog_fired = False
+        self._end_error: LatticeError = WorkerError("worker process crashed")
         self.alive = True
-        self._reader = asyncio.ensure_future(self._read_loop())
-        self._errors = asyncio.ensure_future(self._read_stderr())
+        self.in_request = False  # a request is between its first frame and its end
 
     @classmethod
     async def start(cls, owner: SandboxedJsWorker, init: dict[str, Any]) -> _Child:
-        proc = await asyncio.create_subprocess_exec(
+        loop = asyncio.get_running_loop()
+        _, child = await loop.subprocess_exec(
+            lambda: cls(owner),
             *_NICE,
             sys.executable,
             "-m",
@@ -153,11 +173,18 @@ class _Child:
             env=_child_env(),
             start_new_session=True,  # a Ctrl-C to the server's group is the server's to handle
         )
-        child = cls(proc, owner)
         try:
-            child._send(init)
+            child._send(b"i", json.dumps(init).encode("utf-8"))
             async with asyncio.timeout(_STARTUP_S):
-                await child._ready
+                loaded = await child._next()
+            if loaded.get("t") == "fail":
+                raise error_from(loaded)
+            owner._write_logs(log_lines(loaded))
+            error, line = install_outcome(loaded)
+            if line is not None:
+                owner._write_logs([("error", line)])
+            if error is not None:
+                raise error
         except TimeoutError:
             await child.kill()
             raise WorkerTimeout("worker took too long to start") from None
@@ -166,129 +193,189 @@ class _Child:
             raise
         return child
 
-    def _send(self, message: dict[str, Any]) -> None:
-        if not self.alive or self.proc.stdin is None:
-            raise WorkerError("worker process is not running")
-        self.proc.stdin.write(encode_frame(message))
+    @property
+    def pid(self) -> int | None:
+        return self._transport.get_pid() if self._transport is not None else None
 
-    async def request(self, request: WorkerRequest, watchdog: float) -> dict[str, Any]:
-        req_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[req_id] = future
-        try:
-            self._send(
-                {
-                    "t": "req",
-                    "id": req_id,
-                    "method": request.method,
-                    "url": request.url,
-                    "headers": [list(pair) for pair in request.headers],
-                    "body": base64.b64encode(request.body).decode("ascii"),
-                }
-            )
-            async with asyncio.timeout(watchdog):
-                return await future
-        except TimeoutError:
-            self._owner._note(f"worker process stopped answering for {watchdog:.0f} s; restarted")
-            await self.kill()
-            raise WorkerTimeout("worker exceeded its CPU time limit") from None
-        finally:
-            self._pending.pop(req_id, None)
+    # -- asyncio protocol ------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        assert self.proc.stdout is not None
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports have the asyncio interface without its classes
+        self._transport = cast(asyncio.SubprocessTransport, transport)
+        self._stdin = cast(asyncio.WriteTransport, self._transport.get_pipe_transport(0))
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 2:
+            self._stderr_lines(data)
+            return
         try:
-            while True:
-                message = await read_frame(self.proc.stdout)
-                if message is None:
-                    break
-                self._dispatch(message)
-        except (FrameError, ConnectionError) as exc:
+            for kind, payload in self._frames.feed(data):
+                if kind != b"m":
+                    raise FrameError(f"unexpected frame kind {kind!r}")
+                try:
+                    message = json.loads(payload)
+                except ValueError:
+                    raise FrameError("frame is not JSON") from None
+                if not isinstance(message, dict) or not isinstance(message.get("t"), str):
+                    raise FrameError("frame is not a message object")
+                self._deliver(message)
+        except FrameError as exc:
             log.warning("JS worker %r sandbox sent a bad frame: %s", self._owner.name, exc)
-        finally:
-            await self._ended()
+            self._abandon()
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message["t"]
-        if kind in ("res", "err"):
-            future = self._pending.get(message.get("id", -1))
-            if future is not None and not future.done():
-                future.set_result(message)
-        elif kind == "host":
-            self._spawn(self._host_call(message))
-        elif kind == "log":
-            level, text = message.get("level"), message.get("message")
-            if isinstance(level, str) and isinstance(text, str):
-                self._spawn(self._owner._log(level, text))
-        elif kind == "ready" and not self._ready.done():
-            self._ready.set_result(message)
-        elif kind == "fail" and not self._ready.done():
-            self._ready.set_exception(error_from(message))
+    def _deliver(self, message: dict[str, Any]) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+        elif len(self._inbox) < _INBOX:
+            self._inbox.append(message)
+        else:  # nobody asked for these: the child is not following the protocol
+            self._abandon()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _stderr_lines(self, data: bytes) -> None:
+        *lines, self._stderr_tail = (self._stderr_tail + data).split(b"\n")
+        self._stderr_tail = self._stderr_tail[-1000:]
+        for raw in lines:
+            text = raw.decode("utf-8", "replace").strip()
+            if text and not text.startswith("/"):  # skip V8's C stack frames
+                self._stderr.append(text[:300])
 
-    async def _host_call(self, message: dict[str, Any]) -> None:
-        call_id = message.get("id")
-        try:
-            reply = {"t": "host_res", "id": call_id, "ok": await self._owner._host_call(message)}
-        except LatticeError as exc:
-            reply = {"t": "host_res", "id": call_id, "err": exc.message}
-        except Exception:
-            log.exception("host call of JS worker %r failed", self._owner.name)
-            reply = {"t": "host_res", "id": call_id, "err": "binding call failed"}
-        with contextlib.suppress(LatticeError, ConnectionError):
-            self._send(reply)
-
-    async def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        with contextlib.suppress(ConnectionError, ValueError):
-            async for line in self.proc.stderr:
-                text = line.decode("utf-8", "replace").strip()
-                if text and not text.startswith("/"):  # skip V8's C stack frames
-                    self._stderr.append(text[:300])
-
-    async def _ended(self) -> None:
-        """The child is gone: fail whatever waited on it, say why in the worker's log."""
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The process exited and its pipes are closed: fail whatever waited on it,
+        say why in the worker's log."""
         self.alive = False
-        with contextlib.suppress(ProcessLookupError):
-            if self.proc.returncode is None:
-                self.proc.kill()
-        code = await self.proc.wait()
-        await asyncio.wait({self._errors}, timeout=1.0)
+        transport = self._transport
+        code = transport.get_returncode() if transport is not None else None
         tail = " | ".join(self._stderr)
-        memory = "out of memory" in tail.lower()
-        error = WorkerError(MEMORY_MESSAGE) if memory else WorkerError("worker process crashed")
-        pending = [f for f in self._pending.values() if not f.done()]
-        if not self._ready.done():
-            self._ready.set_exception(error)
-        for future in pending:
-            future.set_exception(error)
-        if code != 0 and not self._owner.closing:
+        if self._watchdog_fired:
+            error: LatticeError = WorkerTimeout("worker exceeded its CPU time limit")
+        elif "out of memory" in tail.lower():
+            error = WorkerError(MEMORY_MESSAGE)
+        else:
+            error = WorkerError("worker process crashed")
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        self._end_error = error
+        if not self._gone.done():
+            self._gone.set_result(None)
+        if code not in (0, None) and not self._owner.closing and not self._watchdog_fired:
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             self._owner._note(f"worker process ended ({how}){': ' + tail if tail else ''}")
 
-    async def kill(self) -> None:
+    # -- the conversation -------------------------------------------------------------
+
+    def _send(self, kind: bytes, payload: bytes) -> None:
+        if not self.alive or self._stdin is None or self._stdin.is_closing():
+            raise WorkerError("worker process is not running")
+        self._stdin.write(frame(kind, payload))
+
+    async def _next(self) -> dict[str, Any]:
+        if self._inbox:
+            return self._inbox.popleft()
+        if not self.alive:  # ended, or being ended: say how once it is gone
+            await asyncio.wait({self._gone}, timeout=5.0)
+            raise self._end_error
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        return await waiter
+
+    async def serve(self, spec: bytes) -> WorkerResponse:
+        """One request, start to end.  The child enforces the CPU budget; the
+        binding calls' budget is kept here, where they run; a watchdog ends a
+        child that stops answering."""
+        owner = self._owner
+        limits = owner._limits
+        watchdog = asyncio.get_running_loop().call_later(owner.watchdog_s, self._watchdog)
+        self.in_request = True
+        answering = False  # the child waits for our answer to its binding calls
+        try:
+            self._send(b"r", spec)
+            calls, host_left = 0, limits.host_wall_ms / 1000
+            while True:
+                message = await self._next()
+                if "logs" in message:
+                    owner._write_logs(log_lines(message))
+                kind = message["t"]
+                if kind == "ops":
+                    answering = True
+                    checked = check_ops(message.get("ops"), owner._bindings, calls)
+                    calls += len(checked)
+                    started = time.monotonic()
+                    try:
+                        async with asyncio.timeout(max(host_left, 0.0)):
+                            results = await run_ops(
+                                checked, owner._host, limits.max_response_bytes, owner.name
+                            )
+                    except TimeoutError:
+                        raise WorkerTimeout(
+                            "worker binding calls exceeded their time budget"
+                        ) from None
+                    host_left -= time.monotonic() - started
+                    self._send(b"h", json.dumps(results, separators=(",", ":")).encode("ascii"))
+                    answering = False
+                    continue
+                if kind == "reload":  # the child made a fresh isolate for this request
+                    loaded = message.get("msg")
+                    loaded = loaded if isinstance(loaded, dict) else {}
+                    owner._write_logs(log_lines(loaded))
+                    error, line = install_outcome(loaded)
+                    if line is not None:
+                        owner._write_logs([("error", line)])
+                    if error is not None:
+                        self.in_request = False
+                        raise error
+                    continue
+                self.in_request = False
+                if kind == "err":
+                    raise error_from(message)
+                outcome, line = request_outcome(message, limits.max_response_bytes)
+                if line is not None:
+                    owner._write_logs([("error", line)])
+                if isinstance(outcome, WorkerResponse):
+                    return outcome
+                raise outcome
+        except LatticeError:
+            if answering and self.alive:
+                # tell the child to give the request up; its acknowledgement
+                # ends the request, so the child can serve the next one
+                with contextlib.suppress(LatticeError):
+                    self._send(b"a", b"")
+                    await self._next()
+                    self.in_request = False
+            raise
+        finally:
+            watchdog.cancel()
+
+    def _watchdog(self) -> None:
+        if not self.alive:
+            return
+        self._watchdog_fired = True
+        self._owner._note(
+            f"worker process stopped answering for {self._owner.watchdog_s:.0f} s; restarted"
+        )
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """End the child now (it broke the protocol, or hangs)."""
         self.alive = False
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        await asyncio.wait({self._reader}, timeout=5.0)
+        if self._transport is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._transport.kill()
+
+    async def kill(self) -> None:
+        self._abandon()
+        await asyncio.wait({self._gone}, timeout=5.0)
 
     async def close(self) -> None:
         """Ask the child to finish (end of its stdin), then make sure it is gone."""
-        self.alive = False
-        if self.proc.stdin is not None:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                self.proc.stdin.close()
-        try:
-            async with asyncio.timeout(5.0):
-                await self.proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        await asyncio.wait({self._reader}, timeout=5.0)
+        if self._stdin is not None:
+            self._stdin.close()
+        done, _ = await asyncio.wait({self._gone}, timeout=5.0)
+        if not done:
+            await self.kill()
+        if self._transport is not None:
+            self._transport.close()
 
 
 class SandboxedJsWorker:
@@ -338,11 +425,10 @@ class SandboxedJsWorker:
     @property
     def pids(self) -> list[int]:
         """Process ids of the idle sandbox processes (for tests and diagnostics)."""
-        return [c.proc.pid for c in self._idle if c.alive]
+        return [pid for c in self._idle if c.alive and (pid := c.pid) is not None]
 
     def _init_message(self) -> dict[str, Any]:
         return {
-            "t": "init",
             "name": self.name,
             "source": self._source,
             "bindings": {k: {b.kind: b.bucket} for k, b in self._bindings.items()},
@@ -361,7 +447,8 @@ class SandboxedJsWorker:
                 return child
         return await self._start()
 
-    def _watchdog(self) -> float:
+    @property
+    def watchdog_s(self) -> float:
         limits = self._limits
         cpu = limits.cpu_ms / 1000
         return max(cpu * 50, cpu + 5.0) + limits.host_wall_ms / 1000 + 5.0
@@ -379,30 +466,23 @@ class SandboxedJsWorker:
                 detail={"retry_after_seconds": round(cooling, 1)},
             )
         limits = self._limits
-        if len(request.body) > limits.max_request_bytes:
-            raise PayloadTooLarge(
-                f"request body exceeds {limits.max_request_bytes} bytes",
-                detail={"limit": limits.max_request_bytes},
-            )
+        check_request(request, limits)
         started = time.monotonic()
         wait = limits.queue_wait_ms / 1000
+        # a free slot (the common case) is taken without arming a timer
+        if not await _acquire(self._slots, wait):
+            raise WorkerTimeout("worker is busy: no isolate became free in time")
         try:
-            async with asyncio.timeout(wait):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise WorkerTimeout("worker is busy: no isolate became free in time") from None
-        try:
-            if self._gate is not None:
-                try:
-                    async with asyncio.timeout(max(0.001, wait - (time.monotonic() - started))):
-                        await self._gate.acquire()
-                except TimeoutError:
-                    raise WorkerTimeout("the server is busy running other workers") from None
+            gate = self._gate
+            if gate is not None and not await _acquire(
+                gate, max(0.001, wait - (time.monotonic() - started))
+            ):
+                raise WorkerTimeout("the server is busy running other workers")
             try:
                 return await self._run(request)
             finally:
-                if self._gate is not None:
-                    self._gate.release()
+                if gate is not None:
+                    gate.release()
         finally:
             self._slots.release()
 
@@ -410,10 +490,7 @@ class SandboxedJsWorker:
         child: _Child | None = None
         try:
             child = await self._take()
-            reply = await child.request(request, self._watchdog())
-            if reply["t"] == "err":
-                raise error_from(reply)
-            response = self._response(reply)
+            response = await child.serve(request_spec(request))
         except WorkerTimeout:
             self._overran("exceeded its CPU time limit")
             raise
@@ -422,13 +499,20 @@ class SandboxedJsWorker:
                 self._overran(exc.message.removeprefix("worker "))
             raise
         finally:
-            if child is not None and child.alive:
-                if self.closing:
-                    await child.close()
-                else:
-                    self._idle.append(child)
+            if child is not None:
+                await self._put_back(child)
         self.cooldown.clear()
         return response
+
+    async def _put_back(self, child: _Child) -> None:
+        if not child.alive:
+            return
+        if child.in_request:  # the conversation broke off (cancelled): start over
+            await child.kill()
+        elif self.closing:
+            await child.close()
+        else:
+            self._idle.append(child)
 
     def _overran(self, what: str) -> None:
         seconds = self.cooldown.strike()
@@ -438,53 +522,20 @@ class SandboxedJsWorker:
                 "it answers 503 meanwhile"
             )
 
-    def _response(self, reply: dict[str, Any]) -> WorkerResponse:
-        try:
-            headers = [(str(k), str(v)) for k, v in reply["headers"]]
-            body = base64.b64decode(reply["body"], validate=True)
-            status = int(reply["status"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WorkerError("worker sandbox sent a malformed response") from exc
-        if len(body) > self._limits.max_response_bytes:
-            raise WorkerError(
-                f"worker response body exceeds {self._limits.max_response_bytes} bytes",
-                detail={"limit": self._limits.max_response_bytes},
-            )
-        return WorkerResponse(status=status, headers=headers, body=body)
+    # -- the worker log -----------------------------------------------------------
 
-    # -- the child's host calls, checked again on this side of the pipe ----------
+    def _write_logs(self, lines: list[tuple[str, str]]) -> None:
+        """Console lines and runtime errors, written in order, off the request's path."""
+        if not lines:
+            return
+        with contextlib.suppress(RuntimeError):
+            task = asyncio.ensure_future(self._log_all(lines))
+            self._notes.add(task)
+            task.add_done_callback(self._notes.discard)
 
-    async def _host_call(self, message: dict[str, Any]) -> Any:
-        method, args = message.get("method"), message.get("args")
-        if not isinstance(args, list) or not all(
-            isinstance(a, str | int) or a is None for a in args
-        ):
-            raise WorkerError("malformed binding call")
-        kind = "static" if method == "static_get" else "kv"
-        bucket = args[0] if args else None
-        if not any(b.kind == kind and b.bucket == bucket for b in self._bindings.values()):
-            raise WorkerError("binding is not declared for this worker")
-        if method == "kv_get" and len(args) == 2 and isinstance(args[1], str):
-            return await self._host.kv_get(str(bucket), args[1])
-        if method == "kv_list" and len(args) == 4:
-            prefix, limit, cursor = args[1], args[2], args[3]
-            if (
-                isinstance(prefix, str)
-                and type(limit) is int
-                and 1 <= limit <= 1000
-                and (cursor is None or isinstance(cursor, str))
-            ):
-                names, nxt = await self._host.kv_list(str(bucket), prefix, limit, cursor)
-                return [list(names), nxt]
-        if method == "static_get" and len(args) == 2 and isinstance(args[1], str):
-            found = await self._host.static_get(str(bucket), args[1])
-            if found is None:
-                return None
-            data, content_type = found
-            if len(data) > self._limits.max_response_bytes:
-                raise WorkerError("asset is larger than the worker response limit")
-            return [base64.b64encode(data).decode("ascii"), content_type]
-        raise WorkerError("malformed binding call")
+    async def _log_all(self, lines: list[tuple[str, str]]) -> None:
+        for level, message in lines:
+            await self._log(level, message)
 
     async def _log(self, level: str, message: str) -> None:
         with contextlib.suppress(LatticeError, TimeoutError):
@@ -494,13 +545,23 @@ class SandboxedJsWorker:
     def _note(self, message: str) -> None:
         """A line about the worker's runtime: to the server log and the worker's log."""
         log.warning("JS worker %r: %s", self.name, message)
-        with contextlib.suppress(RuntimeError):
-            task = asyncio.ensure_future(self._log("error", message))
-            self._notes.add(task)
-            task.add_done_callback(self._notes.discard)
+        self._write_logs([("error", message)])
 
     async def close(self) -> None:
         """Stop the idle children; busy ones stop when their request ends."""
         self.closing = True
         idle, self._idle = self._idle, []
         await asyncio.gather(*(child.close() for child in idle))
+
+
+async def _acquire(semaphore: asyncio.Semaphore, wait: float) -> bool:
+    """Take ``semaphore`` within ``wait`` seconds; at once when it is free."""
+    if not semaphore.locked():
+        await semaphore.acquire()  # returns without suspending
+        return True
+    try:
+        async with asyncio.timeout(wait):
+            await semaphore.acquire()
+    except TimeoutError:
+        return False
+    return True
